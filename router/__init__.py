@@ -1,0 +1,1 @@
+"""Router: OpenAI-compatible endpoint with confidence routing and live student switching."""

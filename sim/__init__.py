@@ -1,0 +1,1 @@
+"""Simulated tool world, task suite and teacher agent fleet."""

@@ -1,0 +1,440 @@
+"""Event contracts: the one module that defines every shape that crosses a topic.
+
+Exports the pydantic v2 models named in DESIGN.md, the JSON codec (`encode`, `decode`) and
+`ContractError`, the single error a consumer has to catch to dead-letter a record.
+
+Limits (largest step content, largest event) are process-wide and settable with `set_limits`,
+because they must hold both where events are built (the SDK) and where they are read (every consumer).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TOOL_NAME_PATTERN",
+    "ID_PATTERN",
+    "Limits",
+    "get_limits",
+    "set_limits",
+    "ContractError",
+    "StepType",
+    "TraceStep",
+    "ToolSpec",
+    "AgentTrace",
+    "Event",
+    "TraceStepEvent",
+    "TraceOutcomeEvent",
+    "TrajectoryScore",
+    "ScoredTrace",
+    "SFTExample",
+    "PreferencePair",
+    "OffsetRange",
+    "DatasetWindowClosed",
+    "TrainingRunEvent",
+    "ModelVersionEvent",
+    "RouteDecision",
+    "DeadLetter",
+    "encode",
+    "decode",
+    "utcnow",
+    "new_id",
+]
+
+SCHEMA_VERSION = 1
+# Tool names as OpenAI accepts them (letters, digits, _ and -), plus '.' for namespaced tools.
+TOOL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
+# Ids travel as Kafka keys and HTTP headers: printable, no spaces, bounded.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits enforced on every event, built or decoded."""
+
+    max_step_content_chars: int = 65_536
+    max_event_bytes: int = 1_048_576
+
+
+_limits = Limits()
+
+
+def get_limits() -> Limits:
+    return _limits
+
+
+def set_limits(limits: Limits) -> None:
+    """Replace the process-wide limits (services call this from their settings at start)."""
+    global _limits
+    if limits.max_step_content_chars <= 0 or limits.max_event_bytes <= 0:
+        raise ValueError("limits must be positive")
+    _limits = limits
+
+
+class ContractError(ValueError):
+    """An event that cannot be accepted. `kind` is a short, bounded label (used in metrics and DLQ)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _aware(ts: datetime) -> datetime:
+    # Naive datetimes are taken as UTC so that event times compare and serialise one way.
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+IdStr = str  # documented alias; the pattern is applied with Field(pattern=ID_PATTERN)
+
+
+class StepType(str, Enum):
+    reasoning = "reasoning"
+    tool_call = "tool_call"
+    observation = "observation"
+    output = "output"
+
+
+class TraceStep(_Model):
+    """One step of an agent's execution (the seed's shape)."""
+
+    step_type: StepType
+    content: str = ""
+    tool_name: str | None = Field(default=None, pattern=TOOL_NAME_PATTERN)
+    tool_args: dict[str, Any] | None = None
+    tool_result: str | None = None
+    tool_call_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    timestamp: datetime = Field(default_factory=utcnow)
+
+    @field_validator("content", "tool_result")
+    @classmethod
+    def _bounded(cls, v: str | None, info: ValidationInfo) -> str | None:
+        limit = _limits.max_step_content_chars
+        if v is not None and len(v) > limit:
+            raise ValueError(f"{info.field_name} has {len(v)} characters, the limit is {limit}")
+        return v
+
+    @field_validator("timestamp")
+    @classmethod
+    def _tz(cls, v: datetime) -> datetime:
+        return _aware(v)
+
+    @model_validator(mode="after")
+    def _tool_call_named(self) -> TraceStep:
+        if self.step_type is StepType.tool_call and not self.tool_name:
+            raise ValueError("a tool_call step needs tool_name")
+        return self
+
+
+class ToolSpec(_Model):
+    """A tool the agent may call: name, description and JSON schema of its arguments."""
+
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+class AgentTrace(_Model):
+    """A whole trajectory: the seed's fields plus what scoring and formatting need."""
+
+    trace_id: str = Field(default_factory=new_id, pattern=ID_PATTERN)
+    task_id: str = Field(pattern=ID_PATTERN)
+    agent_id: str = Field(default="agent", pattern=ID_PATTERN)
+    input_text: str
+    system_prompt: str = ""
+    tools: list[ToolSpec] = Field(default_factory=list)
+    steps: list[TraceStep] = Field(default_factory=list)
+    final_output: str = ""
+    success: bool = False
+    error: str | None = None
+    quality_score: float | None = None
+    model_id: str = "unknown"
+    total_tokens: int = Field(default=0, ge=0)
+    wall_time_seconds: float = Field(default=0.0, ge=0)
+    ground_truth: str | None = None
+    expected_steps: int | None = Field(default=None, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    # Free-form string labels (task family, split, the sim's injected error mode, ...).
+    metadata: dict[str, str] = Field(default_factory=dict)
+    timestamp: datetime = Field(default_factory=utcnow)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _tz(cls, v: datetime) -> datetime:
+        return _aware(v)
+
+
+class Event(_Model):
+    """Common envelope: every event has an id, a schema version and an event time."""
+
+    event_id: str = Field(default_factory=new_id, pattern=ID_PATTERN)
+    schema_version: int = SCHEMA_VERSION
+    timestamp: datetime = Field(default_factory=utcnow)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _tz(cls, v: datetime) -> datetime:
+        return _aware(v)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _supported(cls, v: int) -> int:
+        if v < 1 or v > SCHEMA_VERSION:
+            raise ValueError(f"schema_version {v} is not supported (this build reads 1..{SCHEMA_VERSION})")
+        return v
+
+
+class TraceStepEvent(Event):
+    """One step, published live while the agent works. `seq` is the step's 0-based position."""
+
+    trace_id: str = Field(pattern=ID_PATTERN)
+    task_id: str = Field(pattern=ID_PATTERN)
+    agent_id: str = Field(default="agent", pattern=ID_PATTERN)
+    seq: int = Field(ge=0)
+    step: TraceStep
+
+
+class TraceOutcomeEvent(Event):
+    """The end of a trace: everything but the steps, and `n_steps` so the assembler knows when it is whole.
+
+    `steps` may carry the steps themselves for agents that buffered them (one event per trace).
+    """
+
+    trace_id: str = Field(pattern=ID_PATTERN)
+    task_id: str = Field(pattern=ID_PATTERN)
+    agent_id: str = Field(default="agent", pattern=ID_PATTERN)
+    n_steps: int = Field(ge=0)
+    input_text: str
+    system_prompt: str = ""
+    tools: list[ToolSpec] = Field(default_factory=list)
+    final_output: str = ""
+    success: bool = False
+    error: str | None = None
+    quality_score: float | None = None
+    model_id: str = "unknown"
+    total_tokens: int = Field(default=0, ge=0)
+    wall_time_seconds: float = Field(default=0.0, ge=0)
+    ground_truth: str | None = None
+    expected_steps: int | None = Field(default=None, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    steps: list[TraceStep] | None = None
+
+    @model_validator(mode="after")
+    def _steps_match(self) -> TraceOutcomeEvent:
+        if self.steps is not None and len(self.steps) != self.n_steps:
+            raise ValueError(f"n_steps is {self.n_steps} but {len(self.steps)} steps are attached")
+        return self
+
+    @classmethod
+    def from_trace(cls, trace: AgentTrace, *, include_steps: bool = False, **kw: Any) -> TraceOutcomeEvent:
+        data = trace.model_dump(exclude={"steps", "timestamp"})
+        return cls(
+            **data,
+            n_steps=len(trace.steps),
+            steps=list(trace.steps) if include_steps else None,
+            timestamp=trace.timestamp,
+            **kw,
+        )
+
+    def to_trace(self, steps: list[TraceStep]) -> AgentTrace:
+        data = self.model_dump(exclude={"event_id", "schema_version", "n_steps", "steps"})
+        return AgentTrace(**data, steps=steps)
+
+
+class TrajectoryScore(_Model):
+    """The seed's score dimensions, each in [0, 1], and their weighted overall."""
+
+    correctness: float = Field(ge=0, le=1)
+    efficiency: float = Field(ge=0, le=1)
+    tool_selection: float = Field(ge=0, le=1)
+    safety: float = Field(ge=0, le=1)
+    reasoning_quality: float = Field(ge=0, le=1)
+    overall: float = Field(ge=0, le=1)
+
+
+class ScoredTrace(Event):
+    """A whole trace with its score and the gate verdict (`rejected_by` names every failed gate)."""
+
+    trace: AgentTrace
+    score: TrajectoryScore
+    passed: bool
+    rejected_by: list[str] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+
+
+class SFTExample(Event):
+    """One training conversation in OpenAI/trl messages format (tool_calls arguments as JSON strings)."""
+
+    example_id: str = Field(pattern=ID_PATTERN)
+    trace_id: str = Field(pattern=ID_PATTERN)
+    task_id: str = Field(pattern=ID_PATTERN)
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    score: float = Field(ge=0, le=1)
+    model_id: str = "unknown"
+    window_start: datetime | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class PreferencePair(Event):
+    """A DPO pair in trl's conversational format: shared prefix in `prompt`, the two continuations."""
+
+    pair_id: str = Field(pattern=ID_PATTERN)
+    task_id: str = Field(pattern=ID_PATTERN)
+    chosen_trace_id: str = Field(pattern=ID_PATTERN)
+    rejected_trace_id: str = Field(pattern=ID_PATTERN)
+    prompt: list[dict[str, Any]]
+    chosen: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    chosen_score: float = Field(ge=0, le=1)
+    rejected_score: float = Field(ge=0, le=1)
+    window_start: datetime | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class OffsetRange(_Model):
+    topic: str
+    partition: int = Field(ge=0)
+    first: int = Field(ge=0)
+    last: int = Field(ge=0)
+
+
+class DatasetWindowClosed(Event):
+    window_id: str = Field(pattern=ID_PATTERN)
+    window_start: datetime
+    window_end: datetime
+    n_traces: int = Field(default=0, ge=0)
+    n_passed: int = Field(default=0, ge=0)
+    n_sft: int = Field(default=0, ge=0)
+    n_pairs: int = Field(default=0, ge=0)
+    offsets: list[OffsetRange] = Field(default_factory=list)
+
+
+class TrainingRunEvent(Event):
+    run_id: str = Field(pattern=ID_PATTERN)
+    status: Literal["requested", "started", "finished", "failed"]
+    model_name: str = Field(pattern=ID_PATTERN)
+    n_new_examples: int = Field(default=0, ge=0)
+    watermark: str | None = None
+    version: str | None = None
+    error: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class ModelVersionEvent(Event):
+    model_name: str = Field(pattern=ID_PATTERN)
+    version: str = Field(pattern=ID_PATTERN)
+    status: Literal["candidate", "promoted", "rejected", "rolled_back"]
+    path: str | None = None
+    manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    previous_version: str | None = None
+    confidence_threshold: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    reasons: list[str] = Field(default_factory=list)
+
+
+class RouteDecision(Event):
+    trace_id: str = Field(pattern=ID_PATTERN)
+    request_id: str = Field(pattern=ID_PATTERN)
+    served_by: str  # a model version or "teacher"
+    student_version: str | None = None
+    confidence: float | None = None
+    threshold: float | None = None
+    reason: Literal[
+        "confident", "below_threshold", "sticky", "no_student", "shadow", "canary_skip", "student_error"
+    ]
+    shadow: bool = False
+    latency_seconds: float = Field(default=0.0, ge=0)
+
+
+class DeadLetter(Event):
+    """A record that could not be processed: the raw bytes (base64), where it came from, and why."""
+
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key_b64: str | None = None
+    raw_b64: str
+    raw_size: int = Field(ge=0)
+    reason: str
+    kind: str
+    service: str = "unknown"
+
+
+E = TypeVar("E", bound=BaseModel)
+
+
+def encode(event: BaseModel) -> bytes:
+    """Serialise an event to compact JSON bytes; refuses events over the size limit."""
+    raw = event.model_dump_json().encode()
+    limit = _limits.max_event_bytes
+    if len(raw) > limit:
+        raise ContractError("oversize", f"{type(event).__name__} is {len(raw)} bytes, the limit is {limit}")
+    return raw
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        parts.append(f"{loc}: {e['msg']}")
+    more = err.error_count() - 5
+    if more > 0:
+        parts.append(f"... and {more} more")
+    return "; ".join(parts)
+
+
+def decode(raw: bytes | str, model: type[E]) -> E:
+    """Parse and validate one record. Raises `ContractError` with kind oversize|invalid_json|schema."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    limit = _limits.max_event_bytes
+    if len(data) > limit:
+        raise ContractError("oversize", f"record is {len(data)} bytes, the limit is {limit}")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ContractError("invalid_json", f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ContractError("schema", f"expected a JSON object for {model.__name__}, got {type(obj).__name__}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise ContractError("schema", f"{model.__name__}: {_describe(exc)}") from None
+    except RecursionError:
+        raise ContractError("schema", f"{model.__name__}: nesting too deep") from None

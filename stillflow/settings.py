@@ -1,0 +1,113 @@
+"""Settings: pydantic-settings models read from the environment (prefix `STILLFLOW_`, nesting `__`).
+
+`KafkaSettings`, `TopicNames` and `LimitsSettings` are shared sections; `StillflowSettings` is the
+base every service model extends with its own section (e.g. `STILLFLOW_SDK__LINGER_MS`).
+`STILLFLOW_KAFKA__BOOTSTRAP_SERVERS` set → every service uses that cluster; unset → the embedded broker.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stillflow.contracts import Limits, set_limits
+
+__all__ = [
+    "KafkaSettings",
+    "TopicNames",
+    "LimitsSettings",
+    "SDKSettings",
+    "StillflowSettings",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port[,host:port]; unset means start/use the embedded broker"
+    )
+    client_id: str = "stillflow"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    request_timeout_ms: int = Field(default=30_000, gt=0)
+    session_timeout_ms: int = Field(default=10_000, gt=0)
+    heartbeat_interval_ms: int = Field(default=3_000, gt=0)
+    default_partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    def client_kwargs(self) -> dict[str, object]:
+        """Connection options shared by aiokafka producers, consumers and admin clients."""
+        if not self.bootstrap_servers:
+            raise ValueError(
+                "no Kafka bootstrap servers: set STILLFLOW_KAFKA__BOOTSTRAP_SERVERS or start the embedded broker"
+            )
+        kw: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return kw
+
+
+class TopicNames(_Section):
+    trace_steps: str = "stillflow.trace.steps"
+    trace_outcomes: str = "stillflow.trace.outcomes"
+    traces_scored: str = "stillflow.traces.scored"
+    dataset_sft: str = "stillflow.dataset.sft"
+    dataset_dpo: str = "stillflow.dataset.dpo"
+    dataset_windows: str = "stillflow.dataset.windows"
+    training_runs: str = "stillflow.training.runs"
+    model_versions: str = "stillflow.models.versions"
+    router_decisions: str = "stillflow.router.decisions"
+    dlq: str = "stillflow.dlq"
+
+    def with_prefix(self, prefix: str) -> TopicNames:
+        """Same catalogue under another prefix (tests give each test its own topics this way)."""
+        return TopicNames(**{k: f"{prefix}{v}" for k, v in self.model_dump().items()})
+
+
+class LimitsSettings(_Section):
+    max_step_content_chars: int = Field(default=65_536, gt=0)
+    max_event_bytes: int = Field(default=1_048_576, gt=0)
+
+    def apply(self) -> None:
+        set_limits(Limits(self.max_step_content_chars, self.max_event_bytes))
+
+
+class SDKSettings(_Section):
+    linger_ms: int = Field(default=5, ge=0, description="producer batching delay")
+    max_batch_size: int = Field(default=131_072, gt=0, description="producer batch size in bytes")
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    acks: Literal[0, 1, "all"] = "all"
+    max_in_flight: int = Field(
+        default=20_000, gt=0, description="events accepted but not yet acknowledged; emit waits beyond it"
+    )
+    send_timeout_s: float = Field(
+        default=60.0, gt=0, description="how long emit may wait for room or an ack before it raises"
+    )
+
+
+class StillflowSettings(BaseSettings):
+    """Shared settings; services subclass this and add their own section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STILLFLOW_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicNames = TopicNames()
+    limits: LimitsSettings = LimitsSettings()
+    sdk: SDKSettings = SDKSettings()
+    log_level: str = "INFO"

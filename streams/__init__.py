@@ -1,0 +1,1 @@
+"""Stream processing (faust-streaming): assemble, score, gate, format, window."""

@@ -1,0 +1,1 @@
+"""Trainer: retrain consumer, student SFT/DPO, evaluation gate, model registry."""
