@@ -1,0 +1,115 @@
+"""Kafka helpers shared by every service: client construction, topic creation, bootstrap resolution.
+
+aiokafka only. Producers are plain at-least-once producers: the embedded broker (tansu) refuses
+InitProducerId, so idempotence and transactions stay off and sinks dedupe by event ids instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from stillflow.settings import KafkaSettings, StillflowSettings
+from stillflow.topics import TopicSpec, catalogue
+
+__all__ = [
+    "resolve_bootstrap",
+    "with_bootstrap",
+    "make_producer",
+    "make_consumer",
+    "ensure_topics",
+    "list_topics",
+    "timestamp_ms",
+]
+
+
+def resolve_bootstrap(settings: StillflowSettings) -> str | None:
+    """The cluster to use: the setting, else a `stillflow broker` running on this machine, else None."""
+    if settings.kafka.bootstrap_servers:
+        return settings.kafka.bootstrap_servers
+    from stillflow.broker import read_state  # local: only the CLI path needs the state file
+
+    return read_state()
+
+
+def with_bootstrap(settings: StillflowSettings, bootstrap: str) -> StillflowSettings:
+    """A copy of `settings` pointed at `bootstrap` (settings are frozen)."""
+    kafka = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
+    return settings.model_copy(update={"kafka": kafka})
+
+
+def timestamp_ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def make_producer(kafka: KafkaSettings, **overrides: object) -> AIOKafkaProducer:
+    kw: dict[str, object] = {**kafka.client_kwargs(), "acks": "all", "enable_idempotence": False}
+    kw.update(overrides)
+    return AIOKafkaProducer(**kw)  # type: ignore[arg-type]
+
+
+def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **overrides: object) -> AIOKafkaConsumer:
+    kw: dict[str, object] = {
+        **kafka.client_kwargs(),
+        "group_id": group_id,
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+    }
+    kw.update(overrides)
+    return AIOKafkaConsumer(*topics, **kw)  # type: ignore[arg-type]
+
+
+async def ensure_topics(settings: StillflowSettings, specs: list[TopicSpec] | None = None) -> list[str]:
+    """Create the catalogue's topics that do not exist yet; return the names created. Idempotent."""
+    specs = specs if specs is not None else catalogue(settings.topics, settings.kafka.default_partitions)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())  # type: ignore[arg-type]
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        created = []
+        for spec in missing:
+            topic = NewTopic(
+                name=spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=settings.kafka.replication_factor,
+                topic_configs=spec.configs,
+            )
+            try:
+                await admin.create_topics([topic])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another service: that is the point of idempotence
+        if created:
+            await _wait_visible(admin, created)
+        return created
+    finally:
+        await admin.close()
+
+
+async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if set(names) <= set(await admin.list_topics()):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise KafkaError(f"topics not visible after {timeout}s: {names}")
+        await asyncio.sleep(0.1)
+
+
+async def list_topics(settings: StillflowSettings) -> dict[str, int]:
+    """Topic name -> partition count, as the cluster reports it."""
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs())  # type: ignore[arg-type]
+    await consumer.start()
+    try:
+        names = await consumer.topics()
+        return {n: len(consumer.partitions_for_topic(n) or ()) for n in sorted(names)}
+    finally:
+        await consumer.stop()
+

@@ -1,0 +1,79 @@
+"""Test helpers: build traces, read topics back, probe for a Docker engine."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+
+from stillflow.contracts import AgentTrace, ToolSpec, TraceStep
+from stillflow.settings import StillflowSettings
+
+EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+CALC = ToolSpec(
+    name="calc",
+    description="evaluate an arithmetic expression",
+    parameters={"type": "object", "properties": {"expr": {"type": "string"}}, "required": ["expr"]},
+)
+
+
+def make_trace(i: int, n_steps: int = 6, *, task: str | None = None) -> AgentTrace:
+    """A deterministic, valid trace whose step contents say where they belong."""
+    steps = []
+    t0 = EPOCH + timedelta(seconds=i)
+    for s in range(n_steps - 1):
+        ts = t0 + timedelta(milliseconds=s)
+        kind = ("reasoning", "tool_call", "observation")[s % 3]
+        if kind == "tool_call":
+            steps.append(TraceStep(step_type="tool_call", content=f"t{i}s{s}", tool_name="calc",
+                                   tool_args={"expr": f"{i}+{s}"}, tool_call_id=f"c{i}-{s}", timestamp=ts))
+        elif kind == "observation":
+            steps.append(TraceStep(step_type="observation", tool_name="calc", tool_call_id=f"c{i}-{s - 1}",
+                                   tool_result=str(i + s - 1), timestamp=ts))
+        else:
+            steps.append(TraceStep(step_type="reasoning", content=f"trace {i} step {s}: thinking ünïcödé ✓",
+                                   timestamp=ts))
+    steps.append(TraceStep(step_type="output", content=f"answer {i}", timestamp=t0 + timedelta(seconds=1)))
+    return AgentTrace(
+        trace_id=f"tr-{i:06d}", task_id=task or f"task-{i % 17}", agent_id="agent-1", input_text=f"question {i}",
+        tools=[CALC], steps=steps, final_output=f"answer {i}", success=True, ground_truth=f"answer {i}",
+        expected_steps=n_steps, model_id="teacher", total_tokens=10 * n_steps, timestamp=t0,
+    )
+
+
+async def read_topics(
+    settings: StillflowSettings, topics: list[str], *, expected: int, timeout: float = 30.0
+) -> list[ConsumerRecord]:
+    """Read from the beginning until `expected` records arrived or `timeout` passed (no group)."""
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )
+    await consumer.start()
+    out: list[ConsumerRecord] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(out) < expected and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
+            for records in batch.values():
+                out.extend(records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def docker_engine_problem() -> str | None:
+    """None when a Docker engine answers; else why not (used as the skip reason)."""
+    try:
+        import docker
+    except ImportError:
+        return "the docker SDK is not installed (pip install 'stillflow[dev]')"
+    try:
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return None
+    except Exception as exc:  # the SDK raises several kinds; all mean "no usable engine"
+        return f"no Docker engine answers ({type(exc).__name__}: {str(exc)[:120]})"
