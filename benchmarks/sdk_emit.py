@@ -14,11 +14,11 @@ import statistics
 import time
 import uuid
 
+from benchmarks.common import bench_broker, emit_result, progress
 from stillflow.contracts import TraceOutcomeEvent, TraceStepEvent, encode
 from stillflow.kafka import ensure_topics, make_producer, timestamp_ms, with_bootstrap
 from stillflow.sdk import TraceEmitter
 from stillflow.settings import StillflowSettings, TopicNames
-from benchmarks.common import bench_broker, emit_result, progress
 from tests.helpers import make_trace
 
 

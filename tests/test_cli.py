@@ -63,7 +63,7 @@ def test_broker_topics_tail_and_clean_shutdown(cli_env) -> None:
         assert unknown.returncode == 2 and "unknown topic 'no.such.topic'" in unknown.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "broker stopped" in err
     assert not (cli_env and os.path.exists(os.path.join(cli_env["STILLFLOW_STATE_DIR"], "broker.json")))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -25,7 +25,7 @@ def test_every_design_event_exists_and_round_trips() -> None:
     trace = make_trace(3)
     score = c.TrajectoryScore(correctness=1, efficiency=0.8, tool_selection=1, safety=1, reasoning_quality=0.5,
                               overall=0.9)
-    now = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 5, 1, tzinfo=UTC)
     events = [
         c.TraceStepEvent(trace_id="t1", task_id="k1", seq=0, step=trace.steps[0]),
         c.TraceOutcomeEvent.from_trace(trace),
@@ -136,7 +136,7 @@ def test_extra_fields_and_future_schema_versions_are_refused() -> None:
 
 def test_naive_timestamps_are_utc() -> None:
     step = c.TraceStep(step_type="output", timestamp=datetime(2026, 1, 1, 12, 0))
-    assert step.timestamp.tzinfo is timezone.utc
+    assert step.timestamp.tzinfo is UTC
 
 
 def test_limits_must_be_positive() -> None:

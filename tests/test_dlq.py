@@ -9,8 +9,17 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from stillflow.contracts import ContractError, DeadLetter, Limits, TraceStep, TraceStepEvent, decode, encode, \
-    get_limits, set_limits
+from stillflow.contracts import (
+    ContractError,
+    DeadLetter,
+    Limits,
+    TraceStep,
+    TraceStepEvent,
+    decode,
+    encode,
+    get_limits,
+    set_limits,
+)
 from stillflow.dlq import DeadLetterSink, TypedConsumer, decode_or_letter
 from stillflow.kafka import make_consumer, make_producer
 from stillflow.sdk import TraceEmitter
