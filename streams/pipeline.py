@@ -1,0 +1,89 @@
+"""The per-trace pipeline, in its one right order: score → gate → format → redact.
+
+Exports `TracePipeline` (built once from settings; `process(trace, reference_steps=None,
+reasoning_quality=None, window_start=None) -> Processed`) and `Processed` (the scored-trace event,
+the verdict, the redacted SFT example when the trace passed, the redacted pair candidate and the
+redaction counts). A faust agent calls `process` per completed trace and publishes what it returns.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from stillflow.contracts import AgentTrace, ScoredTrace, SFTExample
+from streams.formatting import FormatError, to_sft_example, tools_for, trace_to_messages
+from streams.gates import TraceFilter, Verdict, to_scored_trace
+from streams.pairs import PairCandidate, candidate_from
+from streams.pii import Redactor, default_redactor
+from streams.scoring import Assessment, ReasoningScorer, Scorer
+from streams.settings import StreamsSection
+
+__all__ = ["Processed", "TracePipeline"]
+
+
+@dataclass(frozen=True)
+class Processed:
+    assessment: Assessment
+    verdict: Verdict
+    scored: ScoredTrace
+    example: SFTExample | None  # redacted; None when a gate failed or there is nothing to learn
+    candidate: PairCandidate  # redacted messages, for the window's pair mining
+    redactions: dict[str, int] = field(default_factory=dict)
+    format_error: str | None = None
+
+
+class TracePipeline:
+    def __init__(
+        self,
+        *,
+        scorer: Scorer | None = None,
+        gates: TraceFilter | None = None,
+        redactor: Redactor | None = None,
+        redact: bool = True,
+    ) -> None:
+        self.scorer = scorer or Scorer()
+        self.gates = gates or TraceFilter()
+        self.redactor = redactor or default_redactor
+        self.redact = redact
+
+    @classmethod
+    def from_settings(cls, section: StreamsSection, *, reasoning: ReasoningScorer | None = None) -> TracePipeline:
+        return cls(
+            scorer=Scorer.from_settings(section, reasoning=reasoning),
+            gates=TraceFilter.from_settings(section),
+            redact=section.redact_pii,
+        )
+
+    def process(
+        self,
+        trace: AgentTrace,
+        *,
+        reference_steps: int | None = None,
+        reasoning_quality: float | None = None,
+        window_start: datetime | None = None,
+        keep_candidate_messages: bool = True,
+    ) -> Processed:
+        assessment = self.scorer.assess(trace, reference_steps=reference_steps, reasoning_quality=reasoning_quality)
+        verdict = self.gates.check(trace, assessment)
+        scored = to_scored_trace(trace, assessment, verdict)
+        counts: Counter[str] = Counter()
+        example: SFTExample | None = None
+        error: str | None = None
+        messages = trace_to_messages(trace)
+        if self.redact:
+            messages, _ = self.redactor.redact_messages(messages, counts)
+        if verdict.passed:
+            try:
+                example = to_sft_example(trace, assessment.score, window_start=window_start, messages=messages)
+            except FormatError as exc:
+                error = exc.message
+        candidate = candidate_from(
+            trace,
+            assessment,
+            verdict,
+            messages=messages if keep_candidate_messages else None,
+            tools=tools_for(trace),
+        )
+        return Processed(assessment, verdict, scored, example, candidate, dict(counts), error)

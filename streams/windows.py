@@ -1,0 +1,296 @@
+"""Event-time tumbling windows with a grace period, closed by the watermark.
+
+Exports:
+- `window_start_for(ts, size_s)`, `window_end_for(start, size_s)`, `window_key(start)` (the table
+  key: epoch seconds as a string), `window_id_for(start)` (`w-<epoch-seconds>`);
+- `WindowState` — one window's bookkeeping (counts, pair candidates per task — bounded —, offset
+  ranges per topic-partition); a pydantic model, stored in a plain table keyed by `window_key`;
+- `Watermark` — the max event time seen and the watermark (max event time − grace); store it in
+  the same table under `WATERMARK_KEY` so that a restart rebuilds both from the changelog;
+- `observe(state, event_time, *, mark, size_s, ...)` → `ObserveResult` (late events are reported,
+  not dropped silently), `record_offset(state, topic, partition, offset)`, `set_pairs(state, n)`;
+- `advance_watermark(mark, event_time, *, grace_s, windows, ...)` → (new mark, windows now closed);
+  `count_late(mark)`;
+- `to_closed_event(state)` → `DatasetWindowClosed` (id and event time deterministic);
+- `candidates_of(state)` — the pair candidates of a closed window, for `streams.pairs`;
+- `load_table(items)` — the mark and the open windows from the table's (key, value) items.
+
+Why not faust's windowed tables: their expiry runs on wall-clock time and is not rebuilt after a
+restart. Here a window [start, start + size) closes when the watermark reaches its end; an event
+whose window already closed is late. Each window is returned by `advance_watermark` exactly once
+(it comes back with `closed=True`: store that, or delete the key). Counts are at-least-once: a
+redelivered trace may be counted twice (dataset records themselves are deduplicated by id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stillflow.contracts import DatasetWindowClosed, OffsetRange
+from streams.pairs import PairCandidate
+
+__all__ = [
+    "WATERMARK_KEY",
+    "window_start_for",
+    "window_end_for",
+    "window_key",
+    "window_id_for",
+    "WindowState",
+    "Watermark",
+    "ObserveResult",
+    "is_late",
+    "observe",
+    "record_offset",
+    "set_pairs",
+    "advance_watermark",
+    "count_late",
+    "to_closed_event",
+    "candidates_of",
+    "load_table",
+]
+
+WATERMARK_KEY = "__watermark__"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def _size_ms(size_s: float) -> int:
+    ms = round(size_s * 1000)
+    if ms <= 0:
+        raise ValueError(f"window size must be at least 1 ms, got {size_s} s")
+    return ms
+
+
+def _epoch_ms(ts: datetime) -> int:
+    return (_aware(ts) - _EPOCH) // _MS
+
+
+def window_start_for(ts: datetime, size_s: float) -> datetime:
+    """The start of the tumbling window of `size_s` seconds (aligned on the epoch) holding `ts`."""
+    ms = _epoch_ms(ts)
+    size = _size_ms(size_s)
+    return _EPOCH + timedelta(milliseconds=ms - ms % size)
+
+
+def window_end_for(start: datetime, size_s: float) -> datetime:
+    return _aware(start) + timedelta(milliseconds=_size_ms(size_s))
+
+
+def _epoch_label(start: datetime) -> str:
+    ms = _epoch_ms(start)
+    sec, rem = divmod(ms, 1000)
+    return str(sec) if rem == 0 else f"{sec}.{rem:03d}"
+
+
+def window_key(start: datetime) -> str:
+    """The table key of the window starting at `start`: epoch seconds (`1700000040`)."""
+    return _epoch_label(start)
+
+
+def window_id_for(start: datetime) -> str:
+    """`w-<epoch-seconds>` (with `.mmm` when the start is not on a whole second)."""
+    return f"w-{_epoch_label(start)}"
+
+
+class WindowState(BaseModel):
+    """One window's bookkeeping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: datetime
+    end: datetime
+    n_traces: int = 0
+    n_passed: int = 0
+    n_sft: int = 0
+    n_pairs: int = 0
+    candidates: dict[str, list[PairCandidate]] = Field(default_factory=dict)  # task_id -> candidates
+    n_candidates_dropped: int = 0  # not kept: too many tasks, or evicted from a full task
+    offsets: dict[str, OffsetRange] = Field(default_factory=dict)  # "topic:partition" -> range
+    closed: bool = False
+
+
+class Watermark(BaseModel):
+    """The event-time progress of one stream (one per table / worker partition)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_event_time: datetime | None = None
+    watermark: datetime | None = None
+    n_late: int = 0
+
+
+@dataclass(frozen=True)
+class ObserveResult:
+    state: WindowState | None  # the window's new state (unchanged when late)
+    window_start: datetime
+    late: bool = False  # the event's window already closed: count it, dead-letter it, or re-route it
+
+
+def is_late(mark: Watermark, event_time: datetime, size_s: float) -> bool:
+    """True when the window of `event_time` ends at or before the watermark (it is closed)."""
+    if mark.watermark is None:
+        return False
+    return window_end_for(window_start_for(event_time, size_s), size_s) <= mark.watermark
+
+
+def _add_candidate(
+    state: WindowState, cand: PairCandidate, max_tasks: int, max_per_task: int
+) -> tuple[dict[str, list[PairCandidate]], int]:
+    cands = dict(state.candidates)
+    dropped = 0
+    lst = cands.get(cand.task_id)
+    if lst is None:
+        if len(cands) >= max_tasks:
+            return cands, 1
+        lst = []
+    lst = [c for c in lst if c.trace_id != cand.trace_id] + [cand]  # a redelivered trace replaces itself
+    if len(lst) > max_per_task:
+        # keep the extremes (best and worst pair up); evict from the middle of the ranking
+        lst.sort(key=lambda c: (-c.overall, c.trace_id))
+        del lst[len(lst) // 2]
+        dropped = 1
+    cands[cand.task_id] = lst
+    return cands, dropped
+
+
+def observe(
+    state: WindowState | None,
+    event_time: datetime,
+    *,
+    mark: Watermark,
+    size_s: float,
+    passed: bool = False,
+    sft: bool = False,
+    candidate: PairCandidate | None = None,
+    source: tuple[str, int, int] | None = None,
+    max_tasks: int = 256,
+    max_candidates_per_task: int = 4,
+) -> ObserveResult:
+    """Count one scored trace in its window (created when `state` is None).
+
+    `passed`: it passed every gate; `sft`: an SFT example was written for it; `candidate`: keep it
+    for pair mining; `source`: (topic, partition, offset) of the record, for the offset ranges.
+    A late event leaves `state` unchanged and comes back with `late=True`.
+    """
+    start = window_start_for(event_time, size_s)
+    if state is not None and _aware(state.start) != start:
+        raise ValueError(
+            f"event at {event_time.isoformat()} belongs to window {start.isoformat()}, not {state.start.isoformat()}"
+        )
+    if is_late(mark, event_time, size_s) or (state is not None and state.closed):
+        return ObserveResult(state=state, window_start=start, late=True)
+    if state is None:
+        state = WindowState(start=start, end=window_end_for(start, size_s))
+    update: dict[str, object] = {
+        "n_traces": state.n_traces + 1,
+        "n_passed": state.n_passed + int(passed),
+        "n_sft": state.n_sft + int(sft),
+    }
+    if candidate is not None:
+        cands, dropped = _add_candidate(state, candidate, max_tasks, max_candidates_per_task)
+        update["candidates"] = cands
+        update["n_candidates_dropped"] = state.n_candidates_dropped + dropped
+    new = state.model_copy(update=update)
+    if source is not None:
+        new = record_offset(new, *source)
+    return ObserveResult(state=new, window_start=start)
+
+
+def record_offset(state: WindowState, topic: str, partition: int, offset: int) -> WindowState:
+    """Widen the window's offset range of `topic`/`partition` to include `offset`."""
+    key = f"{topic}:{partition}"
+    offsets = dict(state.offsets)
+    cur = offsets.get(key)
+    if cur is None:
+        offsets[key] = OffsetRange(topic=topic, partition=partition, first=offset, last=offset)
+    else:
+        offsets[key] = OffsetRange(
+            topic=topic, partition=partition, first=min(cur.first, offset), last=max(cur.last, offset)
+        )
+    return state.model_copy(update={"offsets": offsets})
+
+
+def set_pairs(state: WindowState, n_pairs: int) -> WindowState:
+    """Record how many pairs were mined from the window (at close)."""
+    return state.model_copy(update={"n_pairs": n_pairs})
+
+
+def advance_watermark(
+    mark: Watermark,
+    event_time: datetime | None,
+    *,
+    grace_s: float,
+    windows: Iterable[WindowState],
+    now: datetime | None = None,
+    max_ahead_s: float | None = None,
+) -> tuple[Watermark, list[WindowState]]:
+    """Move the watermark to (max event time − grace) and close every open window that ends at or
+    before it. Returns the new mark and the windows now closed (`closed=True`, oldest first).
+
+    `event_time` None just re-checks `windows` (e.g. after a restart). With `now` and `max_ahead_s`
+    an event time further than `max_ahead_s` past `now` (a skewed producer clock) advances the
+    watermark only to `now + max_ahead_s`, so one bad clock cannot close every window.
+    """
+    max_t = mark.max_event_time
+    if event_time is not None:
+        t = _aware(event_time)
+        if now is not None and max_ahead_s is not None:
+            t = min(t, _aware(now) + timedelta(seconds=max_ahead_s))
+        max_t = t if max_t is None else max(_aware(max_t), t)
+    wm = mark.watermark
+    if max_t is not None:
+        candidate_wm = max_t - timedelta(seconds=grace_s)
+        wm = candidate_wm if wm is None else max(_aware(wm), candidate_wm)
+    new_mark = mark.model_copy(update={"max_event_time": max_t, "watermark": wm})
+    if wm is None:
+        return new_mark, []
+    closing = sorted((w for w in windows if not w.closed and _aware(w.end) <= wm), key=lambda w: w.start)
+    return new_mark, [w.model_copy(update={"closed": True}) for w in closing]
+
+
+def count_late(mark: Watermark, n: int = 1) -> Watermark:
+    """The mark with `n` more late events counted."""
+    return mark.model_copy(update={"n_late": mark.n_late + n})
+
+
+def candidates_of(state: WindowState) -> list[PairCandidate]:
+    """Every pair candidate of the window, task by task (for `streams.pairs.mine_pairs`)."""
+    return [c for task in sorted(state.candidates) for c in state.candidates[task]]
+
+
+def to_closed_event(state: WindowState, *, n_pairs: int | None = None) -> DatasetWindowClosed:
+    """The `DatasetWindowClosed` event: id `w-<epoch-seconds>` (also the event id), event time = end."""
+    wid = window_id_for(state.start)
+    return DatasetWindowClosed(
+        event_id=wid,
+        timestamp=state.end,
+        window_id=wid,
+        window_start=state.start,
+        window_end=state.end,
+        n_traces=state.n_traces,
+        n_passed=state.n_passed,
+        n_sft=state.n_sft,
+        n_pairs=state.n_pairs if n_pairs is None else n_pairs,
+        offsets=sorted(state.offsets.values(), key=lambda o: (o.topic, o.partition)),
+    )
+
+
+def load_table(items: Iterable[tuple[str, object]]) -> tuple[Watermark, dict[str, WindowState]]:
+    """The watermark (under `WATERMARK_KEY`) and every window state (by key) from a table's items,
+    values as stored (plain dicts) or as models."""
+    mark = Watermark()
+    windows: dict[str, WindowState] = {}
+    for key, value in items:
+        if key == WATERMARK_KEY:
+            mark = value if isinstance(value, Watermark) else Watermark.model_validate(value)
+        else:
+            windows[key] = value if isinstance(value, WindowState) else WindowState.model_validate(value)
+    return mark, windows

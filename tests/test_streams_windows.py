@@ -1,0 +1,301 @@
+"""Event-time tumbling windows: alignment, grace, watermark closing, late events, restart."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from stillflow.contracts import DatasetWindowClosed, decode, encode
+from streams.pairs import PairCandidate, mine_pairs
+from streams.windows import (
+    WATERMARK_KEY,
+    Watermark,
+    WindowState,
+    advance_watermark,
+    candidates_of,
+    count_late,
+    is_late,
+    load_table,
+    observe,
+    record_offset,
+    set_pairs,
+    to_closed_event,
+    window_end_for,
+    window_id_for,
+    window_key,
+    window_start_for,
+)
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # epoch 1772366400, a multiple of 60
+SIZE, GRACE = 60.0, 10.0
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+class Stream:
+    """The wiring a faust agent does, over a dict standing in for the table."""
+
+    def __init__(self, size: float = SIZE, grace: float = GRACE, **kw: Any) -> None:
+        self.size, self.grace, self.kw = size, grace, kw
+        self.table: dict[str, Any] = {}
+        self.closed: list[WindowState] = []
+        self.late: list[datetime] = []
+
+    @property
+    def mark(self) -> Watermark:
+        return Watermark.model_validate(self.table.get(WATERMARK_KEY, {}))
+
+    def windows(self) -> list[WindowState]:
+        return [WindowState.model_validate(v) for k, v in self.table.items() if k != WATERMARK_KEY]
+
+    def event(self, ts: datetime, **obs: Any) -> bool:
+        mark = self.mark
+        key = window_key(window_start_for(ts, self.size))
+        cur = self.table.get(key)
+        res = observe(
+            WindowState.model_validate(cur) if cur else None, ts, mark=mark, size_s=self.size, **obs, **self.kw
+        )
+        if res.late:
+            self.late.append(ts)
+            mark = count_late(mark)
+        else:
+            assert res.state is not None
+            self.table[key] = res.state.model_dump(mode="json")
+        mark, closing = advance_watermark(mark, ts, grace_s=self.grace, windows=self.windows())
+        self.table[WATERMARK_KEY] = mark.model_dump(mode="json")
+        for w in closing:
+            self.closed.append(w)
+            del self.table[window_key(w.start)]
+        return res.late
+
+
+# ----------------------------------------------------------------------------- alignment
+
+
+def test_window_start_and_ids() -> None:
+    assert window_start_for(at(0), 60) == T0
+    assert window_start_for(at(59.999), 60) == T0
+    assert window_start_for(at(60), 60) == at(60)
+    assert window_start_for(at(61.5), 0.5) == at(61.5)
+    assert window_start_for(at(61.7), 0.5) == at(61.5)
+    assert window_end_for(T0, 60) == at(60)
+    # naive = UTC; other zones are converted
+    assert window_start_for(datetime(2026, 3, 1, 12, 0, 30), 60) == T0
+    cet = timezone(timedelta(hours=1))
+    assert window_start_for(datetime(2026, 3, 1, 13, 0, 30, tzinfo=cet), 60) == T0
+    assert window_key(T0) == "1772366400"
+    assert window_id_for(T0) == "w-1772366400"
+    assert window_id_for(at(0.5)) == "w-1772366400.500"
+    with pytest.raises(ValueError):
+        window_start_for(T0, 0)
+
+
+# ----------------------------------------------------------------------------- observe
+
+
+def _cand(tid: str, overall: float, task: str = "task-1", **kw: Any) -> PairCandidate:
+    return PairCandidate(trace_id=tid, task_id=task, overall=overall, timestamp=T0, **kw)
+
+
+def test_observe_counts_and_keeps_offsets() -> None:
+    mark = Watermark()
+    r1 = observe(None, at(1), mark=mark, size_s=SIZE, passed=True, sft=True, source=("steps", 0, 10))
+    r2 = observe(r1.state, at(2), mark=mark, size_s=SIZE, passed=False, source=("steps", 0, 7))
+    r3 = observe(r2.state, at(3), mark=mark, size_s=SIZE, passed=True, sft=True, source=("steps", 2, 5))
+    s = r3.state
+    assert s is not None and not r3.late
+    assert (s.n_traces, s.n_passed, s.n_sft) == (3, 2, 2)
+    assert s.start == T0 and s.end == at(60)
+    assert {k: (o.first, o.last) for k, o in s.offsets.items()} == {"steps:0": (7, 10), "steps:2": (5, 5)}
+    s = record_offset(s, "stillflow.dataset.sft", 1, 99)
+    assert s.offsets["stillflow.dataset.sft:1"].first == 99
+
+
+def test_observe_refuses_a_state_of_another_window() -> None:
+    s = observe(None, at(1), mark=Watermark(), size_s=SIZE).state
+    with pytest.raises(ValueError):
+        observe(s, at(61), mark=Watermark(), size_s=SIZE)
+
+
+def test_candidates_are_bounded_per_task_and_per_window() -> None:
+    mark = Watermark()
+    s = None
+    for i, score in enumerate([0.9, 0.1, 0.5, 0.6, 0.4, 0.95]):
+        s = observe(s, at(1), mark=mark, size_s=SIZE, candidate=_cand(f"t{i}", score), max_candidates_per_task=3).state
+    assert s is not None
+    kept = sorted(c.overall for c in s.candidates["task-1"])
+    assert len(kept) == 3 and kept[0] == 0.1 and kept[-1] == 0.95  # the extremes survive
+    assert s.n_candidates_dropped == 3
+    # a redelivered trace replaces itself
+    s2 = observe(s, at(2), mark=mark, size_s=SIZE, candidate=_cand("t1", 0.1), max_candidates_per_task=3).state
+    assert s2 is not None and len(s2.candidates["task-1"]) == 3 and s2.n_candidates_dropped == 3
+    # too many tasks: new tasks are not kept
+    for i in range(3):
+        s2 = observe(
+            s2, at(3), mark=mark, size_s=SIZE, candidate=_cand(f"x{i}", 0.5, task=f"other-{i}"), max_tasks=2
+        ).state
+    assert s2 is not None and sorted(s2.candidates) == ["other-0", "task-1"]
+    assert s2.n_candidates_dropped == 5
+
+
+# ----------------------------------------------------------------------------- watermark
+
+
+def test_window_closes_when_the_watermark_passes_its_end() -> None:
+    st = Stream()
+    st.event(at(5))
+    st.event(at(65))  # watermark 55: window [0, 60) still open
+    assert st.closed == []
+    st.event(at(69.999))
+    assert st.closed == []
+    st.event(at(70))  # watermark 60 = end
+    assert [w.start for w in st.closed] == [T0]
+    assert st.closed[0].closed and st.closed[0].n_traces == 1
+    st.event(at(200))  # closes [60, 120) exactly once; [0, 60) is not returned again
+    assert [w.start for w in st.closed] == [T0, at(60)]
+
+
+def test_out_of_order_within_grace_counts_and_beyond_grace_is_late() -> None:
+    st = Stream()
+    st.event(at(5))
+    st.event(at(65))  # watermark 55
+    assert st.event(at(50)) is False  # older, but its window is still open
+    st.event(at(71))  # watermark 61: [0, 60) closes with 2 traces
+    assert st.closed[0].n_traces == 2
+    assert st.event(at(30)) is True  # its window closed: late, reported
+    assert st.late == [at(30)] and st.mark.n_late == 1
+    assert window_key(T0) not in st.table  # and not re-created
+
+
+def test_the_watermark_never_goes_back() -> None:
+    mark, _ = advance_watermark(Watermark(), at(100), grace_s=10, windows=[])
+    mark2, _ = advance_watermark(mark, at(20), grace_s=10, windows=[])
+    assert mark2.watermark == at(90) and mark2.max_event_time == at(100)
+    assert is_late(mark2, at(29), 60) and not is_late(mark2, at(60), 60)
+
+
+def test_closing_returns_each_window_once_and_oldest_first() -> None:
+    ws = [WindowState(start=at(s), end=at(s + 60)) for s in (120, 0, 60, 180)]
+    mark, closing = advance_watermark(Watermark(), at(200), grace_s=10, windows=ws)
+    assert [w.start for w in closing] == [T0, at(60), at(120)]
+    assert all(w.closed for w in closing)
+    stored = [*closing, ws[3]]
+    _, again = advance_watermark(mark, at(201), grace_s=10, windows=stored)
+    assert again == []
+
+
+def test_a_skewed_clock_cannot_close_everything() -> None:
+    ws = [WindowState(start=at(0), end=at(60)), WindowState(start=at(60), end=at(120))]
+    now = at(30)
+    mark, closing = advance_watermark(Watermark(), at(10_000), grace_s=10, windows=ws, now=now, max_ahead_s=60)
+    assert mark.max_event_time == at(90) and mark.watermark == at(80)
+    assert [w.start for w in closing] == [T0]
+
+
+def test_event_time_none_rechecks_after_a_restart() -> None:
+    mark = Watermark(max_event_time=at(100), watermark=at(90))
+    _, closing = advance_watermark(mark, None, grace_s=10, windows=[WindowState(start=T0, end=at(60))])
+    assert [w.start for w in closing] == [T0]
+    assert advance_watermark(Watermark(), None, grace_s=10, windows=[WindowState(start=T0, end=at(60))])[1] == []
+
+
+# ----------------------------------------------------------------------------- close
+
+
+def test_closed_event_is_deterministic_and_round_trips() -> None:
+    s = observe(None, at(1), mark=Watermark(), size_s=SIZE, passed=True, sft=True, source=("b", 1, 5)).state
+    assert s is not None
+    s = record_offset(s, "a", 0, 3)
+    s = set_pairs(s, 4)
+    e = to_closed_event(s)
+    assert e.window_id == "w-1772366400" == e.event_id
+    assert e.timestamp == at(60) and e.window_start == T0 and e.window_end == at(60)
+    assert (e.n_traces, e.n_passed, e.n_sft, e.n_pairs) == (1, 1, 1, 4)
+    assert [(o.topic, o.partition) for o in e.offsets] == [("a", 0), ("b", 1)]
+    assert to_closed_event(s) == e
+    assert to_closed_event(s, n_pairs=7).n_pairs == 7
+    assert decode(encode(e), DatasetWindowClosed) == e
+
+
+def test_pairs_are_mined_from_a_closed_window() -> None:
+    msgs = lambda text: [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]  # noqa: E731
+    st = Stream()
+    st.event(at(1), candidate=_cand("good", 0.9, messages=msgs("right")))
+    st.event(at(2), candidate=_cand("bad", 0.2, messages=msgs("wrong")))
+    st.event(at(3), candidate=_cand("other", 0.5, task="task-2", messages=msgs("alone")))
+    st.event(at(100))
+    (w,) = st.closed
+    pairs = mine_pairs(candidates_of(w), window_start=w.start)
+    assert [(p.chosen_trace_id, p.rejected_trace_id) for p in pairs] == [("good", "bad")]
+    e = to_closed_event(set_pairs(w, len(pairs)))
+    assert e.n_pairs == 1 and e.n_traces == 3
+
+
+# ----------------------------------------------------------------------------- restart and a whole stream
+
+
+def _stream_events(n: int, seed: int, max_delay: float) -> list[datetime]:
+    rng = random.Random(seed)
+    times = [at(i * 0.7) for i in range(n)]
+    # bounded disorder: each event may be delayed by up to max_delay seconds
+    return [t for _, t in sorted((t + timedelta(seconds=rng.uniform(0, max_delay)), t) for t in times)]
+
+
+def test_disorder_within_grace_loses_nothing_and_closes_each_window_once() -> None:
+    events = _stream_events(600, seed=3, max_delay=GRACE - 0.5)
+    st = Stream()
+    for t in events:
+        st.event(t, passed=True)
+    st.event(at(10_000))  # flush
+    assert st.late == []
+    starts = [w.start for w in st.closed]
+    assert starts == sorted(set(starts))
+    assert sum(w.n_traces for w in st.closed) == 600
+    expected = {window_start_for(t, SIZE) for t in events}
+    assert set(starts) - {window_start_for(at(10_000), SIZE)} == expected
+
+
+def test_disorder_beyond_grace_is_reported_late_never_dropped_silently() -> None:
+    events = _stream_events(600, seed=4, max_delay=40)
+    st = Stream()
+    for t in events:
+        st.event(t)
+    st.event(at(10_000))
+    counted = sum(w.n_traces for w in st.closed)
+    assert st.late and counted + len(st.late) == 600
+    assert st.mark.n_late == len(st.late)
+
+
+def test_a_restart_rebuilt_from_the_changelog_gives_the_same_result() -> None:
+    events = _stream_events(300, seed=5, max_delay=8)
+    straight = Stream()
+    for t in events:
+        straight.event(t, passed=True, sft=True)
+    restarted = Stream()
+    for i, t in enumerate(events):
+        if i % 50 == 25:  # "restart": only what the table's changelog holds survives, as JSON
+            table = json.loads(json.dumps(restarted.table))
+            closed = restarted.closed
+            restarted = Stream()
+            restarted.table, restarted.closed = table, closed
+        restarted.event(t, passed=True, sft=True)
+    assert [to_closed_event(w) for w in restarted.closed] == [to_closed_event(w) for w in straight.closed]
+    assert restarted.table == straight.table
+
+
+def test_load_table_splits_the_mark_from_the_windows() -> None:
+    st = Stream()
+    for t in (at(1), at(61), at(62)):
+        st.event(t, passed=True)
+    stored = json.loads(json.dumps(st.table))
+    mark, windows = load_table(stored.items())
+    assert mark == st.mark and mark.max_event_time == at(62)
+    assert sorted(windows) == sorted(k for k in st.table if k != WATERMARK_KEY)
+    assert all(isinstance(w, WindowState) for w in windows.values())
+    assert load_table([]) == (Watermark(), {})
