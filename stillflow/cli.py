@@ -48,7 +48,7 @@ def _settings(args: argparse.Namespace) -> StillflowSettings:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from stillflow.broker import BrokerError, EmbeddedBroker, clear_state, write_state
+    from stillflow.broker import BrokerError, EmbeddedBroker, clear_state, read_state, write_state
 
     broker = EmbeddedBroker(port=args.port, host=args.host, log_path=args.log)
     try:
@@ -62,7 +62,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    write_state(broker.bootstrap_servers)
+    # The state file names one broker per machine: a second broker does not take it over.
+    other = read_state()
+    owns_state = other is None
+    if owns_state:
+        write_state(broker.bootstrap_servers)
+    else:
+        print(f"note: another `stillflow broker` is running on {other}; other commands keep using that one "
+              f"unless given --bootstrap {broker.bootstrap_servers}", file=sys.stderr)
     try:
         if args.create_topics:
             asyncio.run(_create_topics(_with(broker.bootstrap_servers), None))
@@ -77,7 +84,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
             if not broker.running:
                 raise CLIError("the broker process exited unexpectedly")
     finally:
-        clear_state()
+        if owns_state:
+            clear_state()
         broker.stop()
     print("broker stopped", file=sys.stderr)
     return 0

@@ -83,3 +83,26 @@ def test_sigint_stops_the_broker(cli_env) -> None:
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=20)
     assert proc.returncode == 0 and time.monotonic() - t0 < 10
+
+
+def test_second_broker_does_not_take_over_the_state_file(cli_env) -> None:
+    first = subprocess.Popen([sys.executable, "-m", "stillflow.cli", "broker"], env=cli_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        addr1 = first.stdout.readline().strip()
+        second = subprocess.Popen([sys.executable, "-m", "stillflow.cli", "broker"], env=cli_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        addr2 = second.stdout.readline().strip()
+        assert addr1 != addr2
+        second.send_signal(signal.SIGTERM)
+        _, err2 = second.communicate(timeout=20)
+        assert f"another `stillflow broker` is running on {addr1}" in err2
+        state = os.path.join(cli_env["STILLFLOW_STATE_DIR"], "broker.json")
+        with open(state) as fh:
+            assert addr1 in fh.read()  # still the first one's, after the second stopped
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.communicate(timeout=20)
