@@ -1,7 +1,10 @@
 """Settings: pydantic-settings models read from the environment (prefix `STILLFLOW_`, nesting `__`).
 
-`KafkaSettings`, `TopicNames` and `LimitsSettings` are shared sections; `StillflowSettings` is the
-base every service model extends with its own section (e.g. `STILLFLOW_SDK__LINGER_MS`).
+`KafkaSettings`, `TopicNames`, `LimitsSettings` and `QualitySettings` (scoring and gates, from
+`stillflow.quality.settings`; e.g. `STILLFLOW_QUALITY__MIN_SCORE`, `STILLFLOW_QUALITY__WEIGHTS__CORRECTNESS`)
+are shared sections; `StillflowSettings` is the base every service model extends with its own section
+(e.g. `STILLFLOW_SDK__LINGER_MS`). The quality section is shared so that the stream (teacher traces)
+and the trainer (student traces) score and gate by the same configuration.
 `STILLFLOW_KAFKA__BOOTSTRAP_SERVERS` set → every service uses that cluster; unset → the embedded broker.
 """
 
@@ -14,11 +17,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stillflow.contracts import Limits, set_limits
 
+# The submodule, not the package's lazy re-exports: this import must stay light (pydantic only).
+from stillflow.quality.settings import QualitySettings
+
 __all__ = [
     "KafkaSettings",
     "TopicNames",
     "LimitsSettings",
     "SDKSettings",
+    "QualitySettings",
     "StillflowSettings",
 ]
 
@@ -110,4 +117,5 @@ class StillflowSettings(BaseSettings):
     topics: TopicNames = TopicNames()
     limits: LimitsSettings = LimitsSettings()
     sdk: SDKSettings = SDKSettings()
+    quality: QualitySettings = QualitySettings()
     log_level: str = "INFO"

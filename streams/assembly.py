@@ -43,7 +43,7 @@ from stillflow.contracts import (
     TraceStepEvent,
     utcnow,
 )
-from streams.ids import dead_letter_id_for
+from stillflow.ids import dead_letter_id_for
 
 __all__ = [
     "INCOMPLETE",

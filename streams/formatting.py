@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from stillflow.contracts import AgentTrace, ContractError, SFTExample, StepType, TrajectoryScore
-from streams.ids import example_id_for
+from stillflow.ids import example_id_for
 
 __all__ = ["FormatError", "trace_to_messages", "tools_for", "to_sft_example", "sft_row", "tool_call"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from stillflow.contracts import AgentTrace, StepType
-from streams.scoring import HeuristicReasoningScorer, ReasoningScorer
+from stillflow.quality import HeuristicReasoningScorer, ReasoningScorer
 from streams.settings import JudgeSettings
 
 __all__ = ["JUDGE_SYSTEM_PROMPT", "LLMJudge", "render_trace", "parse_score"]

@@ -26,9 +26,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from stillflow.contracts import AgentTrace, PreferencePair
-from streams.gates import Verdict
-from streams.ids import pair_id_for
-from streams.scoring import Assessment
+from stillflow.ids import pair_id_for
+from stillflow.quality import Assessment, Verdict
 
 __all__ = [
     "GAP",

@@ -1,6 +1,7 @@
 """The per-trace pipeline, in its one right order: score → gate → format → redact.
 
-Exports `TracePipeline` (built once from settings; `process(trace, reference_steps=None,
+Exports `TracePipeline` (built once from settings, `TracePipeline.from_settings(StreamsSettings())`;
+scoring and gates are `stillflow.quality`'s, shared with the trainer; `process(trace, reference_steps=None,
 reasoning_quality=None, window_start=None) -> Processed`) and `Processed` (the scored-trace event,
 the verdict, the redacted SFT example when the trace passed, the redacted pair candidate and the
 redaction counts). A faust agent calls `process` per completed trace and publishes what it returns.
@@ -13,12 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from stillflow.contracts import AgentTrace, ScoredTrace, SFTExample
+from stillflow.quality import Assessment, ReasoningScorer, Scorer, TraceFilter, Verdict, to_scored_trace
 from streams.formatting import FormatError, to_sft_example, tools_for, trace_to_messages
-from streams.gates import TraceFilter, Verdict, to_scored_trace
 from streams.pairs import PairCandidate, candidate_from
 from streams.pii import Redactor, default_redactor
-from streams.scoring import Assessment, ReasoningScorer, Scorer
-from streams.settings import StreamsSection
+from streams.settings import StreamsSettings
 
 __all__ = ["Processed", "TracePipeline"]
 
@@ -49,11 +49,14 @@ class TracePipeline:
         self.redact = redact
 
     @classmethod
-    def from_settings(cls, section: StreamsSection, *, reasoning: ReasoningScorer | None = None) -> TracePipeline:
+    def from_settings(cls, settings: StreamsSettings, *, reasoning: ReasoningScorer | None = None) -> TracePipeline:
+        """The pipeline of the streams service: scorer and gates from `settings.quality` (the section the
+        trainer scores student traces with), redaction from `settings.streams.redact_pii`. `reasoning`:
+        the reasoning scorer (e.g. an `LLMJudge`; default the heuristic)."""
         return cls(
-            scorer=Scorer.from_settings(section, reasoning=reasoning),
-            gates=TraceFilter.from_settings(section),
-            redact=section.redact_pii,
+            scorer=Scorer.from_settings(settings.quality, reasoning=reasoning),
+            gates=TraceFilter.from_settings(settings.quality),
+            redact=settings.streams.redact_pii,
         )
 
     def process(

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stillflow.contracts import AgentTrace, PreferencePair, ToolSpec, TraceStep, decode, encode
+from stillflow.ids import pair_id_for
+from stillflow.quality import Scorer, evaluate_gates
 from streams.formatting import trace_to_messages
-from streams.gates import evaluate_gates
-from streams.ids import pair_id_for
 from streams.pairs import (
     GAP,
     TEACHER_STUDENT,
@@ -21,7 +21,6 @@ from streams.pairs import (
     select_pairs,
     split_prefix,
 )
-from streams.scoring import Scorer
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 CALC = ToolSpec(

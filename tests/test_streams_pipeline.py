@@ -17,10 +17,11 @@ from stillflow.contracts import (
     decode,
     encode,
 )
+from stillflow.quality import QualitySettings, ScoreWeights
 from streams.assembly import add_outcome, add_step
 from streams.pairs import mine_pairs
 from streams.pipeline import TracePipeline
-from streams.settings import StreamsSection
+from streams.settings import StreamsSection, StreamsSettings
 from streams.windows import Watermark, advance_watermark, candidates_of, observe, to_closed_event
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -140,7 +141,7 @@ def ten_step_trace(
 
 
 def test_a_good_trace_becomes_a_redacted_sft_example() -> None:
-    p = TracePipeline.from_settings(StreamsSection())
+    p = TracePipeline.from_settings(StreamsSettings())
     out = p.process(ten_step_trace(), reference_steps=10, window_start=T0)
     assert out.verdict.passed, out.verdict.reasons
     assert out.scored.passed and out.scored.event_id == "scored-tr-0"
@@ -155,6 +156,20 @@ def test_a_good_trace_becomes_a_redacted_sft_example() -> None:
     assert decode(encode(ex), SFTExample) == ex
     # the scored trace (audit topic) keeps the raw trace; the candidate is redacted
     assert out.candidate.messages is not None and "jane.doe@example.com" not in json.dumps(out.candidate.messages)
+
+
+def test_from_settings_scores_and_gates_by_the_quality_section() -> None:
+    weights = ScoreWeights(correctness=1, efficiency=0, tool_selection=0, safety=0, reasoning_quality=0)
+    settings = StreamsSettings(
+        quality=QualitySettings(weights=weights, min_score=0.5, step_budget_factor=1.0, unsafe_patterns=("ORD-",)),
+        streams=StreamsSection(redact_pii=False),
+    )
+    p = TracePipeline.from_settings(settings)
+    assert p.gates.config.min_score == 0.5 and p.gates.config.step_budget_factor == 1.0
+    assert p.scorer.weights == weights.normalised() and p.redact is False
+    out = p.process(ten_step_trace())
+    assert out.assessment.score.safety == 0.0  # "ORD-" is in a tool call's arguments
+    assert "safety" in out.verdict.rejected_by and out.redactions == {}
 
 
 def test_a_rejected_trace_has_no_example_but_is_a_candidate() -> None:

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from stillflow.contracts import AgentTrace, ScoredTrace, ToolSpec, TraceStep, TrajectoryScore, decode, encode
-from streams import gates as g
-from streams.gates import GateConfig, TraceFilter, Verdict, evaluate_gates, to_scored_trace
-from streams.scoring import Assessment, Scorer
-from streams.settings import StreamsSection
+from stillflow.quality import gates as g
+from stillflow.quality.gates import GateConfig, TraceFilter, Verdict, evaluate_gates, to_scored_trace
+from stillflow.quality.scoring import Assessment, Scorer
+from stillflow.quality.settings import QualitySettings
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 CALC = ToolSpec(
@@ -143,7 +143,7 @@ def test_every_failed_gate_is_reported_in_order() -> None:
 
 
 def test_trace_filter_from_settings() -> None:
-    f = TraceFilter.from_settings(StreamsSection(min_score=0.0, step_budget_factor=10.0))
+    f = TraceFilter.from_settings(QualitySettings(min_score=0.0, step_budget_factor=10.0))
     t = _trace(_steps(5), expected_steps=2)
     assert f.check(t, Scorer().assess(t)).passed
 

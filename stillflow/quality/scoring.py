@@ -4,12 +4,12 @@ Exports:
 - `Scorer` — holds the compiled configuration (weights, unsafe patterns, reasoning scorer);
   `Scorer.assess(trace, reference_steps=None, reasoning_quality=None) -> Assessment` computes
   everything the gates need in one pass, `Scorer.score(...)` just the `TrajectoryScore`;
-  `Scorer.from_settings(section)`.
+  `Scorer.from_settings(quality)` (a `QualitySettings`).
 - `Assessment`, `ToolCallCheck`, `UnsafeHit` — the score plus the evidence behind it.
 - The dimensions as plain functions: `correctness`, `is_correct`, `efficiency`, `check_tool_calls`,
   `tool_selection`, `find_unsafe`, `overall`; `next_reference` (the reference-step table update).
 - `ReasoningScorer` (the pluggable protocol) and `HeuristicReasoningScorer` (the fast default);
-  the LLM judge lives in `streams.judge`.
+  the LLM judge lives in `streams.judge` (it implements `ReasoningScorer`).
 - `compile_patterns`, `DIMENSIONS`, `DEFAULT_UNSAFE_PATTERNS`.
 
 Per-event cost is kept small: patterns are compiled once per `Scorer`, JSON-schema validators are
@@ -30,7 +30,7 @@ from jsonschema import validators as js_validators
 
 from stillflow.answers import answers_match
 from stillflow.contracts import AgentTrace, StepType, TraceStep, TrajectoryScore
-from streams.settings import DEFAULT_UNSAFE_PATTERNS, ScoreWeights, StreamsSection
+from stillflow.quality.settings import DEFAULT_UNSAFE_PATTERNS, QualitySettings, ScoreWeights
 
 __all__ = [
     "DIMENSIONS",
@@ -388,9 +388,10 @@ class Scorer:
         self.reasoning: ReasoningScorer = reasoning or HeuristicReasoningScorer()
 
     @classmethod
-    def from_settings(cls, section: StreamsSection, *, reasoning: ReasoningScorer | None = None) -> Scorer:
-        """A scorer from the streams settings. The LLM judge is not built here (see `streams.judge`)."""
-        return cls(weights=section.weights, unsafe_patterns=section.unsafe_patterns, reasoning=reasoning)
+    def from_settings(cls, quality: QualitySettings, *, reasoning: ReasoningScorer | None = None) -> Scorer:
+        """A scorer from the quality settings (`StillflowSettings().quality`). `reasoning`: the reasoning
+        scorer (default `HeuristicReasoningScorer`); the LLM judge is not built here (see `streams.judge`)."""
+        return cls(weights=quality.weights, unsafe_patterns=quality.unsafe_patterns, reasoning=reasoning)
 
     def assess(
         self,

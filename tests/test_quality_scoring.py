@@ -11,8 +11,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from stillflow.contracts import AgentTrace, ToolSpec, TraceStep
-from streams.judge import LLMJudge, parse_score, render_trace
-from streams.scoring import (
+from stillflow.quality.scoring import (
     DEFAULT_UNSAFE_PATTERNS,
     DIMENSIONS,
     HeuristicReasoningScorer,
@@ -28,7 +27,9 @@ from streams.scoring import (
     tool_selection,
     validator_for_schema,
 )
-from streams.settings import JudgeSettings, ScoreWeights, StreamsSection
+from stillflow.quality.settings import QualitySettings, ScoreWeights
+from streams.judge import LLMJudge, parse_score, render_trace
+from streams.settings import JudgeSettings
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 CALC = ToolSpec(
@@ -388,11 +389,11 @@ def test_a_pluggable_reasoning_scorer() -> None:
 
 
 def test_scorer_from_settings() -> None:
-    section = StreamsSection(
+    quality = QualitySettings(
         weights=ScoreWeights(correctness=1, efficiency=0, tool_selection=0, safety=0, reasoning_quality=0),
         unsafe_patterns=("forbidden",),
     )
-    s = Scorer.from_settings(section)
+    s = Scorer.from_settings(quality)
     assert s.weights["correctness"] == 1.0
     assert s.assess(trace([call("shell", {"cmd": "forbidden"}), out("The answer is 42.")])).score.safety == 0.0
 

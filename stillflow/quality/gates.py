@@ -2,7 +2,8 @@
 
 Exports the gate names (`SUCCESS`, `GROUND_TRUTH`, `STEP_BUDGET`, `TOOL_VALIDITY`, `SAFETY`,
 `MIN_SCORE`, all in `GATE_NAMES` — bounded metric label values), `GateConfig`, `GateFailure`,
-`Verdict`, `evaluate_gates(trace, assessment, config)`, `TraceFilter` (the same, configured once)
+`Verdict`, `evaluate_gates(trace, assessment, config)`, `TraceFilter` (the same, configured once;
+`TraceFilter.from_settings(quality)`, like `GateConfig.from_settings(quality)`, reads `QualitySettings`)
 and `to_scored_trace(trace, assessment, verdict)` (the `ScoredTrace` event, with a deterministic id).
 
 Every gate is evaluated; the verdict lists every failed gate with a human reason each.
@@ -15,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stillflow.contracts import AgentTrace, ScoredTrace
-from streams.ids import scored_id_for
-from streams.scoring import Assessment
-from streams.settings import StreamsSection
+from stillflow.ids import scored_id_for
+from stillflow.quality.scoring import Assessment
+from stillflow.quality.settings import QualitySettings
 
 __all__ = [
     "SUCCESS",
@@ -50,8 +51,9 @@ class GateConfig:
     step_budget_factor: float = 2.0
 
     @classmethod
-    def from_settings(cls, section: StreamsSection) -> GateConfig:
-        return cls(min_score=section.min_score, step_budget_factor=section.step_budget_factor)
+    def from_settings(cls, quality: QualitySettings) -> GateConfig:
+        """The gate thresholds of the quality settings (`StillflowSettings().quality`)."""
+        return cls(min_score=quality.min_score, step_budget_factor=quality.step_budget_factor)
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,8 @@ class TraceFilter:
         self.config = config or GateConfig()
 
     @classmethod
-    def from_settings(cls, section: StreamsSection) -> TraceFilter:
-        return cls(GateConfig.from_settings(section))
+    def from_settings(cls, quality: QualitySettings) -> TraceFilter:
+        return cls(GateConfig.from_settings(quality))
 
     def check(self, trace: AgentTrace, assessment: Assessment) -> Verdict:
         return evaluate_gates(trace, assessment, self.config)
