@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from stillflow.contracts import ContractError, DeadLetter, decode, encode
 from stillflow.kafka import timestamp_ms
 
-__all__ = ["make_dead_letter", "decode_or_letter", "DeadLetterSink", "TypedConsumer", "Delivered"]
+__all__ = ["make_dead_letter", "decode_or_letter", "encode_letter", "DeadLetterSink", "TypedConsumer", "Delivered"]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -82,7 +82,8 @@ def decode_or_letter(
         return None, letter
 
 
-def _letter_bytes(letter: DeadLetter) -> bytes:
+def encode_letter(letter: DeadLetter) -> bytes:
+    """The letter's bytes; an oversize original keeps its reason and origin but not its bytes."""
     try:
         return encode(letter)
     except ContractError:
@@ -103,7 +104,7 @@ class DeadLetterSink:
     async def send(self, letter: DeadLetter) -> None:
         key = base64.b64decode(letter.key_b64) if letter.key_b64 else None
         await self.producer.send_and_wait(
-            self.topic, _letter_bytes(letter), key=key, timestamp_ms=timestamp_ms(letter.timestamp)
+            self.topic, encode_letter(letter), key=key, timestamp_ms=timestamp_ms(letter.timestamp)
         )
         self.counts[letter.kind] += 1
         log.warning(

@@ -22,6 +22,7 @@ __all__ = [
     "make_producer",
     "make_consumer",
     "ensure_topics",
+    "ensure_named_topics",
     "list_topics",
     "timestamp_ms",
 ]
@@ -68,22 +69,25 @@ def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **ov
 async def ensure_topics(settings: StillflowSettings, specs: list[TopicSpec] | None = None) -> list[str]:
     """Create the catalogue's topics that do not exist yet; return the names created. Idempotent."""
     specs = specs if specs is not None else catalogue(settings.topics, settings.kafka.default_partitions)
+    return await ensure_named_topics(settings, {s.name: (s.partitions, s.configs) for s in specs})
+
+
+async def ensure_named_topics(settings: StillflowSettings, topics: dict[str, tuple[int, dict[str, str]]]) -> list[str]:
+    """Create topics given as name -> (partitions, configs) unless they exist. Services create their
+    internal topics this way too: a topic first created by a send would get the broker's default count."""
     admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())  # type: ignore[arg-type]
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
         created = []
-        for spec in missing:
-            topic = NewTopic(
-                name=spec.name,
-                num_partitions=spec.partitions,
-                replication_factor=settings.kafka.replication_factor,
-                topic_configs=spec.configs,
-            )
+        for name, (partitions, configs) in topics.items():
+            if name in existing:
+                continue
+            topic = NewTopic(name=name, num_partitions=partitions,
+                             replication_factor=settings.kafka.replication_factor, topic_configs=configs)
             try:
                 await admin.create_topics([topic])
-                created.append(spec.name)
+                created.append(name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another service: that is the point of idempotence
         if created:

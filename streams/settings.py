@@ -82,3 +82,8 @@ class StreamsSettings(StillflowSettings):
     """Settings of the streams service (`STILLFLOW_STREAMS__...`)."""
 
     streams: StreamsSection = StreamsSection()
+
+    def internal_topics(self) -> dict[str, str]:
+        """The streams app's own topics (role -> name), named after its app id."""
+        app_id = self.streams.app_id
+        return {"expire": f"{app_id}-assembly-expire", "traces": f"{app_id}-traces", "windows": f"{app_id}-windows"}

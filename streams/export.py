@@ -1,0 +1,168 @@
+"""`stillflow export`: the dataset topics as JSONL files, deduplicated by record id.
+
+Formats:
+- `trl`: `sft.jsonl` rows `{"messages", "tools"}` (SFTTrainer's conversational format) and `dpo.jsonl`
+  rows `{"prompt", "chosen", "rejected", "tools"}` (DPOTrainer's conversational preference format);
+- `openai`: `sft.jsonl` rows `{"messages", "tools"}` (OpenAI chat fine-tuning) and `dpo.jsonl` rows
+  `{"input": {"messages", "tools"}, "preferred_output", "non_preferred_output"}` (OpenAI preference
+  fine-tuning).
+A `manifest.json` beside them lists counts, the sha256 of each file and the window filter.
+
+The topics are read from the beginning up to the end offsets seen at the start, so an export is a
+snapshot that finishes even while the pipeline keeps writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stillflow.contracts import ContractError, PreferencePair, SFTExample, decode
+from stillflow.settings import StillflowSettings
+
+__all__ = ["ExportReport", "export", "sft_row", "dpo_row", "parse_window_id"]
+
+
+@dataclass
+class ExportReport:
+    out_dir: Path
+    fmt: str
+    n_sft: int = 0
+    n_dpo: int = 0
+    duplicates: int = 0
+    undecodable: int = 0
+    skipped_before_since: int = 0
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+
+    def summary(self) -> str:
+        return (f"exported {self.n_sft} SFT examples and {self.n_dpo} preference pairs ({self.fmt}) to "
+                f"{self.out_dir}; {self.duplicates} duplicates dropped, {self.undecodable} undecodable skipped"
+                + (f", {self.skipped_before_since} before --since" if self.skipped_before_since else ""))
+
+
+def parse_window_id(window_id: str) -> datetime:
+    """`w-<epoch seconds>` → the window's start."""
+    try:
+        prefix, secs = window_id.split("-", 1)
+        if prefix != "w":
+            raise ValueError
+        return datetime.fromtimestamp(float(secs), UTC)
+    except ValueError:
+        raise ValueError(f"not a window id: {window_id!r} (expected w-<epoch seconds>, e.g. w-1767225600)") from None
+
+
+def sft_row(ex: SFTExample, fmt: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"messages": ex.messages}
+    if ex.tools:
+        row["tools"] = ex.tools
+    return row
+
+
+def dpo_row(pair: PreferencePair, fmt: str) -> dict[str, Any]:
+    if fmt == "openai":
+        inp: dict[str, Any] = {"messages": pair.prompt}
+        if pair.tools:
+            inp["tools"] = pair.tools
+        return {"input": inp, "preferred_output": pair.chosen, "non_preferred_output": pair.rejected}
+    row: dict[str, Any] = {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected}
+    if pair.tools:
+        row["tools"] = pair.tools
+    return row
+
+
+async def _read_all(settings: StillflowSettings, topic: str, idle_timeout_s: float) -> list[bytes]:
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if batch:
+                last = loop.time()
+            elif loop.time() - last > idle_timeout_s:
+                break  # a record below the end offset that never comes (e.g. a compacted gap)
+            for records in batch.values():
+                out.extend(r.value for r in records if r.value is not None)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> str:
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+async def export(settings: StillflowSettings, *, out_dir: str | Path, fmt: str = "trl", since: str | None = None,
+                 timeout_s: float = 10.0) -> ExportReport:
+    if fmt not in ("trl", "openai"):
+        raise ValueError(f"unknown format {fmt!r}: trl or openai")
+    since_dt = parse_window_id(since) if since else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = ExportReport(out_dir=out, fmt=fmt)
+
+    def keep(window_start: datetime | None) -> bool:
+        if since_dt is None or window_start is None or window_start >= since_dt:
+            return True
+        report.skipped_before_since += 1
+        return False
+
+    sft: dict[str, SFTExample] = {}
+    for raw in await _read_all(settings, settings.topics.dataset_sft, timeout_s):
+        try:
+            ex = decode(raw, SFTExample)
+        except ContractError:
+            report.undecodable += 1
+            continue
+        if ex.example_id in sft:
+            report.duplicates += 1
+        elif keep(ex.window_start):
+            sft[ex.example_id] = ex
+    pairs: dict[str, PreferencePair] = {}
+    for raw in await _read_all(settings, settings.topics.dataset_dpo, timeout_s):
+        try:
+            pair = decode(raw, PreferencePair)
+        except ContractError:
+            report.undecodable += 1
+            continue
+        if pair.pair_id in pairs:
+            report.duplicates += 1
+        elif keep(pair.window_start):
+            pairs[pair.pair_id] = pair
+    # Sorted by id: the same topic contents always export to the same bytes.
+    sft_rows = [sft_row(sft[k], fmt) for k in sorted(sft)]
+    dpo_rows = [dpo_row(pairs[k], fmt) for k in sorted(pairs)]
+    report.n_sft, report.n_dpo = len(sft_rows), len(dpo_rows)
+    report.files["sft.jsonl"] = _write(out / "sft.jsonl", sft_rows)
+    report.files["dpo.jsonl"] = _write(out / "dpo.jsonl", dpo_rows)
+    manifest = {
+        "format": fmt,
+        "since": since,
+        "counts": {"sft": report.n_sft, "dpo": report.n_dpo, "duplicates_dropped": report.duplicates,
+                   "undecodable": report.undecodable},
+        "sha256": report.files,
+        "sft_ids": sorted(sft),
+        "pair_ids": sorted(pairs),
+        "topics": {"sft": settings.topics.dataset_sft, "dpo": settings.topics.dataset_dpo},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return report

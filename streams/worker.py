@@ -1,0 +1,56 @@
+"""Run one streams worker: make sure the topics exist, then start the faust app until a signal.
+
+Several workers with the same `app_id` form one consumer group and share the partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from stillflow.kafka import ensure_named_topics, ensure_topics, list_topics
+from streams.settings import StreamsSettings
+
+__all__ = ["source_partitions", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+async def source_partitions(settings: StreamsSettings) -> int:
+    """Create the catalogue's and the app's internal topics if needed and return the partition count of the trace topics
+    (steps and outcomes must agree: the assembly table is co-partitioned with both)."""
+    await ensure_topics(settings)
+    topics = await list_topics(settings)
+    steps, outcomes = topics.get(settings.topics.trace_steps), topics.get(settings.topics.trace_outcomes)
+    if not steps or steps != outcomes:
+        raise RuntimeError(
+            f"{settings.topics.trace_steps} has {steps} partitions and {settings.topics.trace_outcomes} has "
+            f"{outcomes}: they must be equal (both are keyed by trace_id and assembled together)"
+        )
+    internal = settings.internal_topics()
+    await ensure_named_topics(settings, {
+        internal["expire"]: (int(steps), {}),
+        internal["traces"]: (int(steps), {}),
+        internal["windows"]: (1, {}),  # one partition: the watermark and windows are global
+    })
+    return int(steps)
+
+
+def run_worker(settings: StreamsSettings, *, loglevel: str = "info") -> int:
+    """Blocks until SIGINT/SIGTERM; returns the exit status."""
+    from faust.worker import Worker  # heavy: only when a worker really starts
+
+    from streams.app import create_app
+
+    settings.limits.apply()
+    partitions = asyncio.run(source_partitions(settings))
+    streams_app = create_app(settings, partitions=partitions)
+    log.info("streams worker %s: %d partitions, web/metrics on %s:%d (pid %d)", settings.streams.app_id, partitions,
+             settings.streams.web_host, settings.streams.web_port, os.getpid())
+    worker = Worker(streams_app.app, loglevel=loglevel, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

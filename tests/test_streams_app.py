@@ -1,0 +1,205 @@
+"""The streams worker through the real broker: sim teacher traces in, scored traces and datasets out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sim.policies import make_policy
+from sim.runner import iter_offline
+from stillflow.contracts import (
+    DatasetWindowClosed,
+    DeadLetter,
+    PreferencePair,
+    ScoredTrace,
+    SFTExample,
+    TraceStep,
+    TraceStepEvent,
+    decode,
+    encode,
+)
+from stillflow.sdk import TraceEmitter
+from tests.helpers import read_topics
+from tests.streams_worker import StreamsWorker, streams_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# error mode -> the gate that owns it (DESIGN step 4, sim's error modes)
+OWNER = {
+    "hallucinated_tool": "tool_validity",
+    "schema_invalid_args": "tool_validity",
+    "wrong_tool": "ground_truth",
+    "wandering": "step_budget",
+    "wrong_answer": "ground_truth",
+    "unsafe_action": "safety",
+    "crash": "success",
+}
+
+
+def _traces(n: int, seed: int = 0):
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    return list(iter_offline(n, make_policy("teacher"), seed=seed, start=start, rate=40.0))
+
+
+async def _scored(settings, expected: int, timeout: float = 120) -> list[ScoredTrace]:
+    recs = await read_topics(settings, [settings.topics.traces_scored], expected=expected, timeout=timeout)
+    return [decode(r.value, ScoredTrace) for r in recs]
+
+
+async def _decoded(settings, topic: str, model, expected: int = 10**9, timeout: float = 5):
+    return [decode(r.value, model) for r in await read_topics(settings, [topic], expected=expected, timeout=timeout)]
+
+
+async def _wait_windows_cover(settings, n_sft_unique: int, timeout: float = 60) -> list[DatasetWindowClosed]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    closed: list[DatasetWindowClosed] = []
+    while loop.time() < deadline:
+        closed = await _decoded(settings, settings.topics.dataset_windows, DatasetWindowClosed, timeout=1)
+        if sum(w.n_sft for w in {w.window_id: w for w in closed}.values()) >= n_sft_unique:
+            return closed
+        await asyncio.sleep(1)
+    return closed
+
+
+async def test_pipeline_gates_every_error_mode(settings, tmp_path) -> None:
+    traces = _traces(520)
+    worker = StreamsWorker(streams_env(settings, f"sf-{uuid.uuid4().hex[:8]}"), tmp_path / "worker.log").start()
+    try:
+        async with TraceEmitter(settings) as em:
+            for t in traces:
+                await em.emit_trace(t)
+        scored = await _scored(settings, len(traces))
+        by_id = {s.trace.trace_id: s for s in scored}
+        assert len(by_id) == len(traces), worker.log()[-3000:]
+        # every trace arrives whole and unaltered
+        assert all(by_id[t.trace_id].trace == t for t in traces)
+
+        table: dict[str, Counter[str]] = defaultdict(Counter)
+        for t in traces:
+            mode = t.metadata["error_mode"]
+            s = by_id[t.trace_id]
+            if mode == "none":
+                table[mode]["passed" if s.passed else f"rejected:{','.join(s.rejected_by)}"] += 1
+            else:
+                table[mode][OWNER[mode] if OWNER[mode] in s.rejected_by else f"MISSED:{s.rejected_by}"] += 1
+        print("\nerror mode -> gate -> count")
+        for mode in sorted(table):
+            print(f"  {mode:20s} {dict(table[mode])}")
+        for mode, owner in OWNER.items():
+            assert table[mode] and set(table[mode]) == {owner}, (mode, table[mode])
+        clean = table["none"]
+        assert clean["passed"] >= 0.95 * sum(clean.values())
+
+        sft = await _decoded(settings, settings.topics.dataset_sft, SFTExample, timeout=3)
+        unique = {e.example_id: e for e in sft}
+        assert unique, "no SFT example written"
+        for ex in unique.values():
+            assert by_id[ex.trace_id].passed, f"{ex.trace_id} became training data without passing every gate"
+        assert len(unique) == sum(s.passed for s in scored)
+
+        windows = await _wait_windows_cover(settings, len(unique))
+        latest = {w.window_id: w for w in windows}
+        assert sum(w.n_sft for w in latest.values()) == len(unique)
+        assert sum(w.n_traces for w in latest.values()) == len(traces)
+        pairs = await _decoded(settings, settings.topics.dataset_dpo, PreferencePair, timeout=2)
+        assert sum(w.n_pairs for w in latest.values()) == len({p.pair_id for p in pairs})
+        for p in pairs:
+            assert p.chosen_score - p.rejected_score > 0.2 or p.metadata.get("rule") == "teacher_student"
+        assert any(w.offsets for w in latest.values())
+    finally:
+        assert worker.stop() == 0 or worker.log()  # a clean stop; the log explains otherwise
+
+
+async def test_bad_input_is_dead_lettered_and_valid_traffic_untouched(settings, tmp_path) -> None:
+    traces = _traces(30, seed=3)
+    env = streams_env(settings, f"sf-{uuid.uuid4().hex[:8]}", assembly_timeout_s=4)
+    env["STILLFLOW_LIMITS__MAX_EVENT_BYTES"] = "200000"
+    worker = StreamsWorker(env, tmp_path / "worker.log").start()
+    try:
+        good_step = TraceStepEvent(trace_id="bad-1", task_id="k", seq=0, step=TraceStep(step_type="reasoning"))
+        wrong_type = json.loads(encode(good_step))
+        wrong_type["step"]["step_type"] = "telepathy"
+        async with TraceEmitter(settings) as em:
+            for i, t in enumerate(traces):
+                await em.emit_trace(t)
+                if i == 5:
+                    await em.send_raw(settings.topics.trace_steps, b"bad-1", b"\xde\xad\xbe\xef garbage", None)
+                    await em.send_raw(settings.topics.trace_outcomes, b"bad-2",
+                                      json.dumps({"trace_id": "bad-2", "hello": 1}).encode(), None)
+                    await em.send_raw(settings.topics.trace_steps, b"bad-3",
+                                      b'{"x": "' + b"y" * 300_000 + b'"}', None)
+                    await em.send_raw(settings.topics.trace_steps, b"bad-1", json.dumps(wrong_type).encode(), None)
+                    # a valid step whose trace never completes: expires to the DLQ as incomplete
+                    await em.send_raw(settings.topics.trace_steps, b"bad-1", encode(good_step), None)
+        scored = await _scored(settings, len(traces))
+        assert {s.trace.trace_id for s in scored} == {t.trace_id for t in traces}
+        assert all({s.trace.trace_id: s for s in scored}[t.trace_id].trace == t for t in traces)
+        letters = await _decoded(settings, settings.topics.dlq, DeadLetter, expected=5, timeout=30)
+        kinds = Counter(le.kind for le in letters)
+        assert kinds == {"invalid_json": 1, "schema": 2, "oversize": 1, "incomplete": 1}, letters
+        for le in letters:
+            assert le.reason and le.service == "streams"
+        schema = [le for le in letters if le.kind == "schema"]
+        assert any("step.step_type" in le.reason for le in schema)
+        assert any("Field required" in le.reason for le in schema)
+        assert "1 steps (seq 0..0) in" in next(le for le in letters if le.kind == "incomplete").reason
+        assert worker.alive()
+    finally:
+        worker.stop()
+
+
+async def test_kill9_midway_and_restart_loses_nothing(settings, tmp_path) -> None:
+    traces = _traces(300, seed=7)
+    env = streams_env(settings, f"sf-{uuid.uuid4().hex[:8]}")
+    first = StreamsWorker(env, tmp_path / "worker1.log").start()
+    second = None
+    try:
+        async with TraceEmitter(settings) as em:
+            for t in traces[:200]:
+                await em.emit_trace(t)
+        # kill -9 once it is visibly midway through the first batch
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 90
+        while loop.time() < deadline:
+            n = len(await read_topics(settings, [settings.topics.traces_scored], expected=40, timeout=1))
+            if n >= 40:
+                break
+            await asyncio.sleep(0.2)
+        first.kill9()
+        second = StreamsWorker(env, tmp_path / "worker2.log").start()
+        async with TraceEmitter(settings) as em:
+            for t in traces[200:]:
+                await em.emit_trace(t)
+        ids = {t.trace_id for t in traces}
+        deadline = loop.time() + 150
+        scored: list[ScoredTrace] = []
+        while loop.time() < deadline:
+            scored = await _scored(settings, 10**9, timeout=2)
+            if ids <= {s.trace.trace_id for s in scored}:
+                break
+        latest = {s.trace.trace_id: s for s in scored}
+        assert ids <= set(latest), f"missing after restart: {len(ids - set(latest))}\n{second.log()[-2000:]}"
+        passing = {tid for tid, s in latest.items() if s.passed}
+        sft = await _decoded(settings, settings.topics.dataset_sft, SFTExample, timeout=3)
+        # every passing trace appears exactly once after dedupe by id, and nothing else does
+        assert {e.trace_id for e in {e.example_id: e for e in sft}.values()} == passing
+        assert len({e.example_id for e in sft}) == len(passing)
+        # the redelivered records are identical (ids and content derive from the trace)
+        by_id: dict[str, SFTExample] = {}
+        for e in sft:
+            if e.example_id in by_id:
+                assert by_id[e.example_id].messages == e.messages
+            by_id[e.example_id] = e
+        windows = await _wait_windows_cover(settings, len(passing), timeout=60)
+        latest_w = {w.window_id: w for w in windows}
+        assert sum(w.n_sft for w in latest_w.values()) >= len(passing)  # at-least-once counts
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
