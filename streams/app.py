@@ -145,7 +145,12 @@ class StreamsApp:
         app.agent(self.windows_topic, name=f"{s.app_id}.window")(self._window)
         app.timer(s.expiry_check_interval_s)(self._expiry_tick)
         app.timer(s.window_tick_interval_s)(self._window_tick)
-        app.page("/metrics")(self._metrics_page)
+        registry = self.metrics.registry
+
+        async def metrics_page(view: Any, request: Any) -> Any:  # faust binds page functions to a View
+            return view.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+        app.page("/metrics")(metrics_page)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -156,9 +161,6 @@ class StreamsApp:
         await self.dlq_topic.send(key=key, value=raw, timestamp=_ts(letter.timestamp))
         log.warning("dead letter (%s) from %s[%s]@%s: %s", letter.kind, letter.source_topic, letter.partition,
                     letter.offset, letter.reason[:200])
-
-    async def _metrics_page(self, web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     # -- 1. assembly ----------------------------------------------------------------------------
 

@@ -203,3 +203,36 @@ async def test_kill9_midway_and_restart_loses_nothing(settings, tmp_path) -> Non
         first.stop()
         if second is not None:
             second.stop()
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_two_workers_share_partitions_and_serve_metrics(settings, tmp_path) -> None:
+    import httpx
+
+    traces = _traces(150, seed=11)
+    env = streams_env(settings, f"sf-{uuid.uuid4().hex[:8]}")
+    workers = [StreamsWorker(env, tmp_path / f"worker{i}.log").start() for i in range(2)]
+    try:
+        await asyncio.sleep(8)  # both join before traffic, so the group has two members from the start
+        async with TraceEmitter(settings) as em:
+            for t in traces:
+                await em.emit_trace(t)
+        scored = await _scored(settings, len(traces))
+        assert {s.trace.trace_id for s in scored} == {t.trace_id for t in traces}
+        async with httpx.AsyncClient() as client:
+            texts = [(await client.get(f"http://127.0.0.1:{w.web_port}/metrics")).text for w in workers]
+        steps = [_metric(t, 'stillflow_streams_events_total{result="ok",topic="steps"}') for t in texts]
+        assert all(n > 0 for n in steps), f"a worker got no partition: {steps}"
+        assert sum(steps) >= sum(len(t.steps) for t in traces)
+        assert sum(_metric(t, "stillflow_streams_traces_completed_total") for t in texts) >= len(traces)
+        assert "stillflow_streams_gate_rejections_total" in "".join(texts)
+    finally:
+        for w in workers:
+            w.stop()
