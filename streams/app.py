@@ -1,19 +1,21 @@
 """The faust-streaming app: thin wiring of the pure logic in `streams/` to topics and tables.
 
-Three agents, each over a topic keyed the way its table is keyed (faust writes a table's changelog
-to the partition of the record being processed, so a table must be keyed like its source):
+Two agents, each over a topic keyed the way its tables are keyed (faust writes a table's changelog to
+the partition of the record being processed, so a table must be keyed like its source):
 
 1. `assemble` — trace steps + outcomes (+ the internal expiry topic), keyed by trace_id; table
-   `assembly` (trace_id → state). A whole trace goes to the internal topic `<app>-traces`, keyed by
-   task_id. A timer finds idle traces and asks, through the expiry topic, for them to be expired
-   (tables may only change while processing a record of their partition).
-2. `score` — `<app>-traces`, keyed by task_id; table `references` (task_id → fewest steps of a
-   correct trace). Scores, gates, formats and redacts (`TracePipeline`), publishes the ScoredTrace,
-   and sends a small window item to `<app>-windows`.
-3. `window` — `<app>-windows`, one partition; table `windows` (watermark, window counts, pair
-   candidates per window and task). Publishes SFT examples, and at close the pairs and then
-   `DatasetWindowClosed` (after the records it counts are acknowledged).
+   `assembly` (trace_id → state). When a trace is whole it is scored, gated, formatted and redacted
+   right there (`TracePipeline`), the ScoredTrace is published, and a small window item goes to
+   `<app>-windows`. Table `references` (task_id → fewest steps of a correct trace) is written from
+   whichever partition saw the trace: its values only ever go down (min), so changelog records of
+   one task from several partitions merge to the same answer in any order. A timer finds idle traces
+   and asks, through the expiry topic, for them to be expired (a table may only change while a record
+   of its partition is processed).
+2. `window` — `<app>-windows`, one partition (the watermark is global); table `windows` (watermark,
+   window counts, pair candidates per window and task). Publishes SFT examples, and at close the
+   pairs and then `DatasetWindowClosed` (once the records it counts are acknowledged).
 
+Table values are the pydantic models themselves (`streams.tables`): no re-parsing per event.
 Delivery is at-least-once: record ids derive from trace ids, so redelivery writes the same records.
 """
 
@@ -38,24 +40,24 @@ from stillflow.contracts import (
     SFTExample,
     TraceOutcomeEvent,
     TraceStepEvent,
-    decode,
     encode,
 )
 from stillflow.dlq import decode_or_letter, encode_letter, make_dead_letter
 from stillflow.quality.scoring import next_reference
 from streams.assembly import (
     AssemblyError,
+    AssemblyState,
     add_outcome,
     add_step,
     describe_incomplete,
     dump_state,
     is_expired,
-    load_state,
 )
 from streams.metrics import StreamsMetrics
 from streams.pairs import PairCandidate, mine_pairs, select_pairs
 from streams.pipeline import TracePipeline
 from streams.settings import StreamsSettings
+from streams.tables import as_model
 from streams.windows import (
     WATERMARK_KEY,
     Watermark,
@@ -72,6 +74,7 @@ __all__ = ["StreamsApp", "create_app"]
 
 log = logging.getLogger(__name__)
 SERVICE = "streams"
+_DIMENSIONS = ("correctness", "efficiency", "tool_selection", "safety", "reasoning_quality", "overall")
 _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
@@ -115,16 +118,16 @@ class StreamsApp:
             web_host=s.web_host,
             web_bind="127.0.0.1" if s.web_host in ("localhost", "127.0.0.1") else "0.0.0.0",
             producer_acks=-1,
+            producer_linger=s.producer_linger_s,
             processing_guarantee="at_least_once",
             logging_config=None,
         )
         app = self.app
         t = settings.topics
         self.steps_name, self.outcomes_name = t.trace_steps, t.trace_outcomes
-        self.expire_name, self.traces_name, self.windows_name = names["expire"], names["traces"], names["windows"]
+        self.expire_name, self.windows_name = names["expire"], names["windows"]
         self.source = app.topic(t.trace_steps, t.trace_outcomes, self.expire_name, **_RAW)
         self.expire_topic = app.topic(self.expire_name, partitions=partitions, internal=True, **_RAW)
-        self.traces_topic = app.topic(self.traces_name, partitions=partitions, internal=True, **_RAW)
         self.windows_topic = app.topic(self.windows_name, partitions=1, internal=True, **_RAW)
         self.dlq_topic = app.topic(t.dlq, **_RAW)
         self.scored_topic = app.topic(t.traces_scored, **_RAW)
@@ -141,7 +144,6 @@ class StreamsApp:
         self._expiring: set[str] = set()
 
         app.agent(self.source, name=f"{s.app_id}.assemble")(self._assemble)
-        app.agent(self.traces_topic, name=f"{s.app_id}.score")(self._score)
         app.agent(self.windows_topic, name=f"{s.app_id}.window")(self._window)
         app.timer(s.expiry_check_interval_s)(self._expiry_tick)
         app.timer(s.window_tick_interval_s)(self._window_tick)
@@ -194,7 +196,7 @@ class StreamsApp:
                 continue
             assert ev is not None
             key = ev.trace_id
-            state = load_state(self.assembly.get(key))
+            state = as_model(AssemblyState, self.assembly.get(key))
             try:
                 if isinstance(ev, TraceStepEvent):
                     res = add_step(state, ev, max_steps=s.max_steps_per_trace)
@@ -211,26 +213,17 @@ class StreamsApp:
                 m.events_in.labels(role, "conflict" if res.conflict else "duplicate").inc()
                 continue
             m.events_in.labels(role, "ok").inc()
-            self.assembly[key] = dump_state(res.state)
+            self.assembly[key] = res.state
+            m.processing_seconds.labels("assemble").observe(time.perf_counter() - t0)
             if res.trace is not None:
                 m.traces_completed.inc()
-                await self._forward(res.trace, topic, msg)
-            m.processing_seconds.labels("assemble").observe(time.perf_counter() - t0)
-
-    async def _forward(self, trace: AgentTrace, topic: str, msg: Any) -> None:
-        try:
-            raw = encode(trace)
-        except ContractError as exc:
-            await self._dead_letter(make_dead_letter(
-                None, source_topic=topic, partition=msg.partition, offset=msg.offset, key=trace.trace_id.encode(),
-                kind=exc.kind, reason=f"assembled trace {trace.trace_id}: {exc.message}", service=SERVICE,
-            ))
-            return
-        await self.traces_topic.send(key=trace.task_id.encode(), value=raw, timestamp=_ts(trace.timestamp))
+                t1 = time.perf_counter()
+                await self._score(res.trace)
+                m.processing_seconds.labels("score").observe(time.perf_counter() - t1)
 
     async def _expire(self, trace_id: str) -> None:
         self._expiring.discard(trace_id)
-        state = load_state(self.assembly.get(trace_id))
+        state = as_model(AssemblyState, self.assembly.get(trace_id))
         if state is None:
             return
         now = datetime.now(UTC)
@@ -250,7 +243,7 @@ class StreamsApp:
         timeout = self.settings.streams.assembly_timeout_s
         open_traces = 0
         for key, value in list(self.assembly.items()):
-            state = load_state(value)
+            state = as_model(AssemblyState, value)
             if state is None:
                 continue
             open_traces += not state.completed
@@ -261,58 +254,53 @@ class StreamsApp:
 
     # -- 2. scoring -----------------------------------------------------------------------------
 
-    async def _score(self, stream: Any) -> None:
+    async def _score(self, trace: AgentTrace) -> None:
+        """Score, gate, format and redact a whole trace; publish the verdict and the window item."""
         s = self.settings.streams
         m = self.metrics
-        async for event in stream.events():
-            t0 = time.perf_counter()
-            msg = event.message
-            try:
-                trace = decode(event.value, AgentTrace)
-            except ContractError as exc:
-                await self._dead_letter(make_dead_letter(
-                    event.value, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                    key=event.key, kind=exc.kind, reason=exc.message, service=SERVICE,
-                ))
-                continue
-            ref = self.references.get(trace.task_id)
-            wstart = window_start_for(trace.timestamp, s.window_size_s)
-            p = self.pipeline.process(trace, reference_steps=ref, window_start=wstart)
-            new_ref = next_reference(ref, trace, correct=p.assessment.correct)
-            if new_ref != ref:
-                self.references[trace.task_id] = new_ref
-            score = p.scored.score
-            for dim in ("correctness", "efficiency", "tool_selection", "safety", "reasoning_quality", "overall"):
-                m.score.labels(dim).observe(getattr(score, dim))
-            m.traces_scored.labels("passed" if p.verdict.passed else "rejected").inc()
-            for gate in p.verdict.rejected_by:
-                m.gate_rejections.labels(gate).inc()
-            for kind, n in p.redactions.items():
-                m.pii_redactions.labels(kind).inc(n)
-            await self.scored_topic.send(key=trace.task_id.encode(), value=encode(p.scored),
-                                         timestamp=_ts(trace.timestamp))
-            item = {
-                "event_time": trace.timestamp.isoformat(),
-                "passed": p.verdict.passed,
-                "example": None if p.example is None else p.example.model_dump(mode="json"),
-                "candidate": p.candidate.model_dump(mode="json"),
-            }
-            await self.windows_topic.send(key=b"w", value=json.dumps(item).encode(), timestamp=_ts(trace.timestamp))
-            m.trace_latency.observe(max(0.0, time.time() - trace.timestamp.timestamp()))
-            m.processing_seconds.labels("score").observe(time.perf_counter() - t0)
+        ref = self.references.get(trace.task_id)
+        wstart = window_start_for(trace.timestamp, s.window_size_s)
+        p = self.pipeline.process(trace, reference_steps=ref, window_start=wstart)
+        new_ref = next_reference(ref, trace, correct=p.assessment.correct)
+        if new_ref != ref:
+            self.references[trace.task_id] = new_ref
+        score = p.scored.score
+        for dim in _DIMENSIONS:
+            m.score.labels(dim).observe(getattr(score, dim))
+        m.traces_scored.labels("passed" if p.verdict.passed else "rejected").inc()
+        for gate in p.verdict.rejected_by:
+            m.gate_rejections.labels(gate).inc()
+        for kind, n in p.redactions.items():
+            m.pii_redactions.labels(kind).inc(n)
+        try:
+            scored = encode(p.scored)
+        except ContractError as exc:  # a trace near the size limit plus its score can pass it
+            await self._dead_letter(make_dead_letter(
+                None, source_topic=self.outcomes_name, key=trace.trace_id.encode(), kind=exc.kind,
+                reason=f"scored trace {trace.trace_id}: {exc.message}", service=SERVICE,
+            ))
+            return
+        await self.scored_topic.send(key=trace.task_id.encode(), value=scored, timestamp=_ts(trace.timestamp))
+        item = {
+            "event_time": trace.timestamp.isoformat(),
+            "passed": p.verdict.passed,
+            "example": None if p.example is None else p.example.model_dump(mode="json"),
+            "candidate": p.candidate.model_dump(mode="json"),
+        }
+        await self.windows_topic.send(key=b"w", value=json.dumps(item).encode(), timestamp=_ts(trace.timestamp))
+        m.trace_latency.observe(max(0.0, time.time() - trace.timestamp.timestamp()))
 
-    # -- 3. windows -----------------------------------------------------------------------------
+    # -- 2. windows -----------------------------------------------------------------------------
 
     def _mark(self) -> Watermark:
-        raw = self.windows.get(WATERMARK_KEY)
-        return Watermark() if raw is None else Watermark.model_validate(raw)
+        return as_model(Watermark, self.windows.get(WATERMARK_KEY)) or Watermark()
 
     def _open_windows(self) -> list[WindowState]:
         out = []
         for key, value in list(self.windows.items()):
-            if key.startswith("w:") and value is not None:
-                st = WindowState.model_validate(value)
-                if not st.closed:
+            if key.startswith("w:"):
+                st = as_model(WindowState, value)
+                if st is not None and not st.closed:
                     out.append(st)
         return out
 
@@ -353,7 +341,7 @@ class StreamsApp:
                 res = observe(self._load_window(wkey), event_time, mark=mark, size_s=s.window_size_s,
                               passed=item["passed"], sft=example is not None)
             assert res.state is not None
-            self.windows[f"w:{wkey}"] = res.state.model_dump(mode="json")
+            self.windows[f"w:{wkey}"] = res.state
             self._add_candidate(wkey, cand)
             if example is not None:
                 fut = await self.sft_topic.send(key=example.example_id.encode(), value=encode(example),
@@ -368,19 +356,18 @@ class StreamsApp:
                 await self._close(w)
 
     def _store_mark(self, mark: Watermark) -> None:
-        self.windows[WATERMARK_KEY] = mark.model_dump(mode="json")
+        self.windows[WATERMARK_KEY] = mark
         if mark.watermark is not None:
             self.metrics.watermark.set(mark.watermark.timestamp())
 
     def _load_window(self, wkey: str) -> WindowState | None:
-        raw = self.windows.get(f"w:{wkey}")
-        return None if raw is None else WindowState.model_validate(raw)
+        return as_model(WindowState, self.windows.get(f"w:{wkey}"))
 
     def _add_candidate(self, wkey: str, cand: PairCandidate) -> None:
         s = self.settings.streams
         ckey = f"c:{wkey}:{cand.task_id}"
         raw = self.windows.get(ckey)
-        cands = [] if raw is None else [PairCandidate.model_validate(c) for c in raw]
+        cands = [] if raw is None else [as_model(PairCandidate, c) for c in raw]
         if raw is None and self._task_count(wkey) >= s.max_tasks_per_window:
             return  # bounded: a window keeps candidates for at most max_tasks_per_window tasks
         cands = [c for c in cands if c.trace_id != cand.trace_id] + [cand]
@@ -388,7 +375,7 @@ class StreamsApp:
             # keep the extremes (they make the pairs); drop one from the middle of the ranking
             cands.sort(key=lambda c: (-c.overall, c.trace_id))
             del cands[len(cands) // 2]
-        self.windows[ckey] = [c.model_dump(mode="json") for c in cands]
+        self.windows[ckey] = cands
 
     def _task_count(self, wkey: str) -> int:
         prefix = f"c:{wkey}:"
@@ -399,7 +386,7 @@ class StreamsApp:
         wkey = window_key(w.start)
         prefix = f"c:{wkey}:"
         cand_keys = [k for k in list(self.windows) if k.startswith(prefix)]
-        candidates = [PairCandidate.model_validate(c) for k in cand_keys for c in (self.windows.get(k) or [])]
+        candidates = [as_model(PairCandidate, c) for k in cand_keys for c in (self.windows.get(k) or [])]
         pairs = mine_pairs(candidates, min_gap=s.pair_min_gap, require_chosen_passed=s.pair_require_chosen_passed,
                            window_start=w.start)
         if len(pairs) < len(select_pairs(candidates, min_gap=s.pair_min_gap,
@@ -425,7 +412,7 @@ class StreamsApp:
         event = to_closed_event(closed)
         await self.closed_topic.send(key=event.window_id.encode(), value=encode(event),
                                      timestamp=_ts(event.timestamp))
-        self.windows[f"w:{wkey}"] = closed.model_dump(mode="json")
+        self.windows[f"w:{wkey}"] = closed
         for k in cand_keys:
             del self.windows[k]
         self.metrics.window_closes.inc()
@@ -438,8 +425,8 @@ class StreamsApp:
         """Closed windows are kept a while so that a redelivered item can tell it is late; then dropped."""
         horizon = newest_closed - timedelta(seconds=self.settings.streams.window_size_s * 10)
         for key in [k for k in list(self.windows) if k.startswith("w:")]:
-            raw = self.windows.get(key)
-            if raw and raw.get("closed") and datetime.fromisoformat(raw["start"]) < horizon:
+            st = as_model(WindowState, self.windows.get(key))
+            if st is not None and st.closed and st.start < horizon:
                 del self.windows[key]
 
     async def _idle_close(self) -> None:

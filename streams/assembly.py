@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from stillflow.contracts import (
     AgentTrace,
@@ -44,6 +44,7 @@ from stillflow.contracts import (
     utcnow,
 )
 from stillflow.ids import dead_letter_id_for
+from streams.tables import TableModel
 
 __all__ = [
     "INCOMPLETE",
@@ -68,7 +69,7 @@ class AssemblyError(ContractError):
     """An event the assembler refuses (kinds: `too_many_steps`, `seq_out_of_range`, `trace_mismatch`)."""
 
 
-class AssemblyState(BaseModel):
+class AssemblyState(TableModel):
     """What the assembler knows about one trace. JSON-serialisable (int keys become strings and back)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from stillflow.contracts import AgentTrace, PreferencePair
 from stillflow.ids import pair_id_for
 from stillflow.quality import Assessment, Verdict
+from streams.tables import TableModel
 
 __all__ = [
     "GAP",
@@ -47,7 +48,7 @@ TEACHER_STUDENT = "teacher_student"
 _EPS = 1e-9  # 0.9 - 0.7 is 0.20000000000000007: a gap of exactly min_gap does not pair
 
 
-class PairCandidate(BaseModel):
+class PairCandidate(TableModel):
     """A scored trace as a window keeps it for pair mining. `messages` may be left out (None) when
     the caller keeps conversations elsewhere (e.g. a table keyed by trace_id) to keep windows small."""
 

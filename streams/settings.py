@@ -76,6 +76,9 @@ class StreamsSection(_Section):
     store: str = "memory://"
     session_timeout_s: float = Field(default=10.0, gt=0)
     standby_replicas: int = Field(default=1, ge=0)
+    producer_linger_s: float = Field(
+        default=0.005, ge=0, description="batch outputs and changelog writes for this long (fewer requests)"
+    )
 
 
 class StreamsSettings(StillflowSettings):
@@ -86,4 +89,4 @@ class StreamsSettings(StillflowSettings):
     def internal_topics(self) -> dict[str, str]:
         """The streams app's own topics (role -> name), named after its app id."""
         app_id = self.streams.app_id
-        return {"expire": f"{app_id}-assembly-expire", "traces": f"{app_id}-traces", "windows": f"{app_id}-windows"}
+        return {"expire": f"{app_id}-assembly-expire", "windows": f"{app_id}-windows"}

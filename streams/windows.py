@@ -28,10 +28,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from stillflow.contracts import DatasetWindowClosed, OffsetRange
 from streams.pairs import PairCandidate
+from streams.tables import TableModel
 
 __all__ = [
     "WATERMARK_KEY",
@@ -100,7 +101,7 @@ def window_id_for(start: datetime) -> str:
     return f"w-{_epoch_label(start)}"
 
 
-class WindowState(BaseModel):
+class WindowState(TableModel):
     """One window's bookkeeping."""
 
     model_config = ConfigDict(extra="forbid")
@@ -117,7 +118,7 @@ class WindowState(BaseModel):
     closed: bool = False
 
 
-class Watermark(BaseModel):
+class Watermark(TableModel):
     """The event-time progress of one stream (one per table / worker partition)."""
 
     model_config = ConfigDict(extra="forbid")

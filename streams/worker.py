@@ -31,7 +31,6 @@ async def source_partitions(settings: StreamsSettings) -> int:
     internal = settings.internal_topics()
     await ensure_named_topics(settings, {
         internal["expire"]: (int(steps), {}),
-        internal["traces"]: (int(steps), {}),
         internal["windows"]: (1, {}),  # one partition: the watermark and windows are global
     })
     return int(steps)

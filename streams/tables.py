@@ -1,0 +1,28 @@
+"""Table values: pydantic models that faust stores as they are and serialises for the changelog.
+
+A memory-store table keeps the Python object, so reading it back costs nothing; faust's JSON codec
+calls `__json__` when it writes the changelog. After a restart the changelog gives plain dicts back,
+hence `as_model`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+__all__ = ["TableModel", "as_model"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class TableModel(BaseModel):
+    def __json__(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def as_model(cls: type[M], value: object) -> M | None:
+    """`value` as stored: the model itself, a dict from the changelog, or None."""
+    if value is None or isinstance(value, cls):
+        return value
+    return cls.model_validate(value)
