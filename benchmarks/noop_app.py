@@ -1,7 +1,7 @@
 """A faust app that does nothing per event: the ceiling the streams pipeline is compared with.
 
-Consumes the trace topics named in the environment and, after BENCH_EXPECTED events, sends one record
-to BENCH_DONE_TOPIC. Run as `python -m benchmarks.noop_app worker`.
+Consumes the trace topics named in the environment and, at the end of each round (BENCH_ROUND_ENDS,
+cumulative event counts), sends one record to BENCH_DONE_TOPIC. Run as `python -m benchmarks.noop_app worker`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import os
 
 import faust
 
-EXPECTED = int(os.environ["BENCH_EXPECTED"])
+# cumulative event counts at which a round ends ("6270,12544,...")
+ROUND_ENDS = {int(x) for x in os.environ["BENCH_ROUND_ENDS"].split(",")}
 app = faust.App(
     os.environ["BENCH_APP_ID"],
+    datadir=os.environ["BENCH_DATA_DIR"],
     broker=f"kafka://{os.environ['STILLFLOW_KAFKA__BOOTSTRAP_SERVERS']}",
     store="memory://",
     web_port=int(os.environ["BENCH_WEB_PORT"]),
@@ -28,11 +30,11 @@ seen = 0
 
 
 @app.agent(source)
-async def noop(stream):  # noqa: ANN001 - faust's agent protocol
+async def noop(stream):
     global seen
     async for _value in stream:
         seen += 1
-        if seen == EXPECTED:
+        if seen in ROUND_ENDS:  # one record per round
             await done.send(key=b"done", value=str(seen).encode())
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "BrokerError",
     "EmbeddedBroker",
     "free_port",
+    "die_with_parent",
     "probe_metadata",
     "state_file",
     "read_state",
@@ -107,10 +108,9 @@ def _resolve_binary() -> str:
         raise BrokerError(f"no usable tansu binary: {exc}") from exc
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux only: the broker gets SIGTERM if the process that started it dies (kill -9 of a test
-    # run must not leave brokers behind).
-    os.setsid()
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """`preexec_fn` for child processes: on Linux the child gets SIGTERM when its parent dies, so a
+    killed test run or bench leaves no broker or worker behind."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -118,6 +118,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+
+
+def _broker_preexec() -> None:  # pragma: no cover - runs in the child
+    os.setsid()  # Ctrl-C in the terminal goes to `stillflow broker`, which stops tansu itself
+    die_with_parent()
 
 
 class EmbeddedBroker:
@@ -186,7 +191,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_broker_preexec,
         )
 
     def _wait_ready(self, port: int) -> None:

@@ -6,9 +6,11 @@ the partition of the record being processed, so a table must be keyed like its s
 1. `assemble` — trace steps + outcomes (+ the internal expiry topic), keyed by trace_id; table
    `assembly` (trace_id → state). When a trace is whole it is scored, gated, formatted and redacted
    right there (`TracePipeline`), the ScoredTrace is published, and a small window item goes to
-   `<app>-windows`. Table `references` (task_id → fewest steps of a correct trace) is written from
-   whichever partition saw the trace: its values only ever go down (min), so changelog records of
-   one task from several partitions merge to the same answer in any order. A timer finds idle traces
+   `<app>-windows`. Table `references` (task_id → fewest steps of a correct trace) is a cache of a
+   soft signal: its changelog is partitioned by task_id while traces arrive by trace_id, so after a
+   rebalance a worker may start a task from the seed's step ladder again; its values only go down.
+   Both tables use faust's `use_partitioner` (changelog partition = hash of the key), which lets the
+   assembler write once per batch instead of once per event. A timer finds idle traces
    and asks, through the expiry topic, for them to be expired (a table may only change while a record
    of its partition is processed).
 2. `window` — `<app>-windows`, one partition (the watermark is global); table `windows` (watermark,
@@ -27,10 +29,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from stillflow.contracts import (
     AgentTrace,
@@ -54,17 +58,16 @@ from streams.assembly import (
     is_expired,
 )
 from streams.metrics import StreamsMetrics
-from streams.pairs import PairCandidate, mine_pairs, select_pairs
+from streams.pairs import PairCandidate, mine_pairs
 from streams.pipeline import TracePipeline
 from streams.settings import StreamsSettings
 from streams.tables import as_model
 from streams.windows import (
-    WATERMARK_KEY,
-    Watermark,
+    WindowBook,
     WindowState,
-    advance_watermark,
-    count_late,
-    observe,
+    book_advance,
+    book_observe,
+    merge_candidate,
     to_closed_event,
     window_key,
     window_start_for,
@@ -80,6 +83,20 @@ _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_
 
 def _ts(dt: datetime) -> float:
     return dt.timestamp()
+
+
+class _WindowItem(BaseModel):
+    """What the assembling agent tells the window agent about one scored trace. Private to this app
+    (its internal topic), not a contract between services."""
+
+    event_time: datetime
+    passed: bool
+    example: SFTExample | None = None
+    candidate: PairCandidate  # without messages when `example` carries the same ones
+
+
+BOOK_KEY = "__book__"
+_TICK = b"tick"
 
 
 @dataclass
@@ -102,11 +119,14 @@ class StreamsApp:
         kafka = settings.kafka
         if not kafka.bootstrap_servers:
             raise ValueError("the streams app needs kafka.bootstrap_servers")
+        datadir = Path(s.data_dir).expanduser() / s.app_id
+        datadir.mkdir(parents=True, exist_ok=True)
         brokers = ";".join(f"kafka://{b.strip()}" for b in kafka.bootstrap_servers.split(","))
         self.app = faust.App(
             s.app_id,
             broker=brokers,
             store=s.store,
+            datadir=str(datadir),
             topic_partitions=partitions,
             topic_replication_factor=kafka.replication_factor,
             broker_session_timeout=s.session_timeout_s,
@@ -135,8 +155,13 @@ class StreamsApp:
         self.dpo_topic = app.topic(t.dataset_dpo, **_RAW)
         self.closed_topic = app.topic(t.dataset_windows, **_RAW)
 
-        self.assembly = app.Table("assembly", default=None, partitions=partitions, key_type=str)
-        self.references = app.Table("references", default=None, partitions=partitions, key_type=str)
+        # use_partitioner: changelog records are partitioned by key hash, which for trace_id keys is the
+        # source partition (the SDK keys by trace_id with the same murmur2 partitioner); this lets a
+        # batch write its traces after the fact instead of inside each event's context.
+        self.assembly = app.Table("assembly", default=None, partitions=partitions, key_type=str,
+                                  use_partitioner=True)
+        self.references = app.Table("references", default=None, partitions=partitions, key_type=str,
+                                    use_partitioner=True)
         self.windows = app.Table("windows", default=None, partitions=1, key_type=str)
 
         self._pending: dict[str, _PendingWindow] = {}
@@ -167,59 +192,72 @@ class StreamsApp:
     # -- 1. assembly ----------------------------------------------------------------------------
 
     async def _assemble(self, stream: Any) -> None:
+        """Events come in small batches (acked after the batch): every trace touched by a batch is
+        written to the table once, not once per event — the changelog write is the dominant cost."""
+        s = self.settings.streams
+        async for events in stream.take_events(s.batch_max_events, within=s.batch_within_s):
+            t0 = time.perf_counter()
+            touched: dict[str, AssemblyState] = {}
+            for event in events:
+                await self._assemble_one(event, touched)
+            for key, state in touched.items():
+                self.assembly[key] = state  # use_partitioner: the changelog partition follows the key
+            self.metrics.processing_seconds.labels("assemble_batch").observe(time.perf_counter() - t0)
+
+    async def _assemble_one(self, event: Any, touched: dict[str, AssemblyState]) -> None:
         s = self.settings.streams
         m = self.metrics
-        async for event in stream.events():
-            t0 = time.perf_counter()
-            msg = event.message
-            topic = msg.topic
-            if topic == self.expire_name:
-                await self._expire(event.key.decode() if event.key else "")
-                continue
-            model = TraceStepEvent if topic == self.steps_name else TraceOutcomeEvent
-            role = "steps" if model is TraceStepEvent else "outcomes"
-            ev, letter = decode_or_letter(
-                event.value, model, source_topic=topic, partition=msg.partition, offset=msg.offset,
-                key=event.key, service=SERVICE,
+        msg = event.message
+        topic = msg.topic
+        if topic == self.expire_name:
+            key = event.key.decode() if event.key else ""
+            if key in touched:  # flush what this batch did to it first
+                self.assembly[key] = touched.pop(key)
+            await self._expire(key)
+            return
+        model = TraceStepEvent if topic == self.steps_name else TraceOutcomeEvent
+        role = "steps" if model is TraceStepEvent else "outcomes"
+        ev, letter = decode_or_letter(
+            event.value, model, source_topic=topic, partition=msg.partition, offset=msg.offset,
+            key=event.key, service=SERVICE,
+        )
+        if letter is None and ev is not None and event.key != ev.trace_id.encode():
+            # The assembly table is partitioned by trace_id: a step keyed otherwise could land on
+            # another partition than its trace and never meet it.
+            letter = make_dead_letter(
+                event.value, source_topic=topic, partition=msg.partition, offset=msg.offset, key=event.key,
+                kind="key_mismatch", service=SERVICE,
+                reason=f"record key {event.key!r} is not the trace_id {ev.trace_id!r}",
             )
-            if letter is None and ev is not None and event.key != ev.trace_id.encode():
-                # The assembly table is partitioned by trace_id: a step keyed otherwise could land on
-                # another partition than its trace and never meet it.
-                letter = make_dead_letter(
-                    event.value, source_topic=topic, partition=msg.partition, offset=msg.offset, key=event.key,
-                    kind="key_mismatch", service=SERVICE,
-                    reason=f"record key {event.key!r} is not the trace_id {ev.trace_id!r}",
-                )
-            if letter is not None:
-                m.events_in.labels(role, "dead_letter").inc()
-                await self._dead_letter(letter)
-                continue
-            assert ev is not None
-            key = ev.trace_id
-            state = as_model(AssemblyState, self.assembly.get(key))
-            try:
-                if isinstance(ev, TraceStepEvent):
-                    res = add_step(state, ev, max_steps=s.max_steps_per_trace)
-                else:
-                    res = add_outcome(state, ev, max_steps=s.max_steps_per_trace)
-            except AssemblyError as exc:
-                m.events_in.labels(role, "dead_letter").inc()
-                await self._dead_letter(make_dead_letter(
-                    event.value, source_topic=topic, partition=msg.partition, offset=msg.offset, key=event.key,
-                    kind=exc.kind, reason=exc.message, service=SERVICE,
-                ))
-                continue
-            if res.duplicate:
-                m.events_in.labels(role, "conflict" if res.conflict else "duplicate").inc()
-                continue
-            m.events_in.labels(role, "ok").inc()
-            self.assembly[key] = res.state
-            m.processing_seconds.labels("assemble").observe(time.perf_counter() - t0)
-            if res.trace is not None:
-                m.traces_completed.inc()
-                t1 = time.perf_counter()
-                await self._score(res.trace)
-                m.processing_seconds.labels("score").observe(time.perf_counter() - t1)
+        if letter is not None:
+            m.events_in.labels(role, "dead_letter").inc()
+            await self._dead_letter(letter)
+            return
+        assert ev is not None
+        key = ev.trace_id
+        state = touched.get(key) or as_model(AssemblyState, self.assembly.get(key))
+        try:
+            if isinstance(ev, TraceStepEvent):
+                res = add_step(state, ev, max_steps=s.max_steps_per_trace)
+            else:
+                res = add_outcome(state, ev, max_steps=s.max_steps_per_trace)
+        except AssemblyError as exc:
+            m.events_in.labels(role, "dead_letter").inc()
+            await self._dead_letter(make_dead_letter(
+                event.value, source_topic=topic, partition=msg.partition, offset=msg.offset, key=event.key,
+                kind=exc.kind, reason=exc.message, service=SERVICE,
+            ))
+            return
+        if res.duplicate:
+            m.events_in.labels(role, "conflict" if res.conflict else "duplicate").inc()
+            return
+        m.events_in.labels(role, "ok").inc()
+        touched[key] = res.state
+        if res.trace is not None:
+            m.traces_completed.inc()
+            t1 = time.perf_counter()
+            await self._score(res.trace)
+            m.processing_seconds.labels("score").observe(time.perf_counter() - t1)
 
     async def _expire(self, trace_id: str) -> None:
         self._expiring.discard(trace_id)
@@ -281,117 +319,70 @@ class StreamsApp:
             ))
             return
         await self.scored_topic.send(key=trace.task_id.encode(), value=scored, timestamp=_ts(trace.timestamp))
-        item = {
-            "event_time": trace.timestamp.isoformat(),
-            "passed": p.verdict.passed,
-            "example": None if p.example is None else p.example.model_dump(mode="json"),
-            "candidate": p.candidate.model_dump(mode="json"),
-        }
-        await self.windows_topic.send(key=b"w", value=json.dumps(item).encode(), timestamp=_ts(trace.timestamp))
+        cand = p.candidate if p.example is None else p.candidate.model_copy(update={"messages": None})
+        item = _WindowItem(event_time=trace.timestamp, passed=p.verdict.passed, example=p.example, candidate=cand)
+        await self.windows_topic.send(key=b"w", value=item.model_dump_json().encode(),
+                                      timestamp=_ts(trace.timestamp))
         m.trace_latency.observe(max(0.0, time.time() - trace.timestamp.timestamp()))
 
     # -- 2. windows -----------------------------------------------------------------------------
 
-    def _mark(self) -> Watermark:
-        return as_model(Watermark, self.windows.get(WATERMARK_KEY)) or Watermark()
+    def _book(self) -> WindowBook:
+        return as_model(WindowBook, self.windows.get(BOOK_KEY)) or WindowBook()
 
-    def _open_windows(self) -> list[WindowState]:
-        out = []
-        for key, value in list(self.windows.items()):
-            if key.startswith("w:"):
-                st = as_model(WindowState, value)
-                if st is not None and not st.closed:
-                    out.append(st)
-        return out
+    def _store_book(self, book: WindowBook) -> None:
+        self.windows[BOOK_KEY] = book
+        if book.mark.watermark is not None:
+            self.metrics.watermark.set(book.mark.watermark.timestamp())
 
     async def _window(self, stream: Any) -> None:
         s = self.settings.streams
         m = self.metrics
         async for event in stream.events():
+            t0 = time.perf_counter()
             msg = event.message
+            if event.value == _TICK:
+                await self._idle_close()
+                continue
             try:
-                item = json.loads(event.value)
-                if item.get("tick"):
-                    await self._idle_close()
-                    continue
-                self._last_item_wall = time.monotonic()
-                event_time = datetime.fromisoformat(item["event_time"])
-                example = SFTExample.model_validate(item["example"]) if item.get("example") else None
-                cand = PairCandidate.model_validate(item["candidate"])
-            except (ValueError, KeyError, TypeError) as exc:
+                item = _WindowItem.model_validate_json(event.value)
+            except ValueError as exc:
                 await self._dead_letter(make_dead_letter(
                     event.value, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
                     key=event.key, kind="schema", reason=f"window item: {exc}", service=SERVICE,
                 ))
                 continue
-            mark = self._mark()
-            start = window_start_for(event_time, s.window_size_s)
-            wkey = window_key(start)
-            state = self._load_window(wkey)
-            res = observe(state, event_time, mark=mark, size_s=s.window_size_s, passed=item["passed"],
-                          sft=example is not None)
-            if res.late:
-                # Its window has closed: count it in the window holding the watermark (the next to
-                # close, never a closed one) rather than lose it.
+            self._last_item_wall = time.monotonic()
+            cand, example = item.candidate, item.example
+            if example is not None and cand.messages is None:
+                cand = cand.model_copy(update={"messages": example.messages})  # sent once, see _score
+            entry = book_observe(self._book(), item.event_time, task_id=cand.task_id, size_s=s.window_size_s,
+                                 passed=item.passed, sft=example is not None, max_tasks=s.max_tasks_per_window)
+            if entry.late:
                 m.late_traces.inc()
-                mark = count_late(mark)
-                assert mark.watermark is not None
-                event_time = mark.watermark
-                wkey = window_key(window_start_for(event_time, s.window_size_s))
-                res = observe(self._load_window(wkey), event_time, mark=mark, size_s=s.window_size_s,
-                              passed=item["passed"], sft=example is not None)
-            assert res.state is not None
-            self.windows[f"w:{wkey}"] = res.state
-            self._add_candidate(wkey, cand)
+            if entry.keep_candidate:
+                ckey = f"c:{entry.window_key}:{cand.task_id}"
+                kept = [as_model(PairCandidate, c) for c in self.windows.get(ckey) or []]
+                self.windows[ckey], _ = merge_candidate(kept, cand, s.max_candidates_per_task)
             if example is not None:
                 fut = await self.sft_topic.send(key=example.example_id.encode(), value=encode(example),
                                                 timestamp=_ts(example.timestamp))
-                self._pending.setdefault(wkey, _PendingWindow()).futures.append(fut)
+                self._pending.setdefault(entry.window_key, _PendingWindow()).futures.append(fut)
                 m.dataset_records.labels("sft").inc()
-            new_mark, closing = advance_watermark(mark, event_time, grace_s=s.window_grace_s,
-                                                  windows=self._open_windows(),
-                                                  now=datetime.now(UTC), max_ahead_s=s.max_clock_skew_s)
-            self._store_mark(new_mark)
-            for w in closing:
-                await self._close(w)
+            book, closing = book_advance(entry.book, item.event_time, grace_s=s.window_grace_s,
+                                         now=datetime.now(UTC), max_ahead_s=s.max_clock_skew_s)
+            self._store_book(book)
+            for w, tasks in closing:
+                await self._close(w, tasks)
+            m.processing_seconds.labels("window").observe(time.perf_counter() - t0)
 
-    def _store_mark(self, mark: Watermark) -> None:
-        self.windows[WATERMARK_KEY] = mark
-        if mark.watermark is not None:
-            self.metrics.watermark.set(mark.watermark.timestamp())
-
-    def _load_window(self, wkey: str) -> WindowState | None:
-        return as_model(WindowState, self.windows.get(f"w:{wkey}"))
-
-    def _add_candidate(self, wkey: str, cand: PairCandidate) -> None:
-        s = self.settings.streams
-        ckey = f"c:{wkey}:{cand.task_id}"
-        raw = self.windows.get(ckey)
-        cands = [] if raw is None else [as_model(PairCandidate, c) for c in raw]
-        if raw is None and self._task_count(wkey) >= s.max_tasks_per_window:
-            return  # bounded: a window keeps candidates for at most max_tasks_per_window tasks
-        cands = [c for c in cands if c.trace_id != cand.trace_id] + [cand]
-        if len(cands) > s.max_candidates_per_task:
-            # keep the extremes (they make the pairs); drop one from the middle of the ranking
-            cands.sort(key=lambda c: (-c.overall, c.trace_id))
-            del cands[len(cands) // 2]
-        self.windows[ckey] = cands
-
-    def _task_count(self, wkey: str) -> int:
-        prefix = f"c:{wkey}:"
-        return sum(1 for k in self.windows if k.startswith(prefix))
-
-    async def _close(self, w: WindowState) -> None:
+    async def _close(self, w: WindowState, tasks: list[str]) -> None:
         s = self.settings.streams
         wkey = window_key(w.start)
-        prefix = f"c:{wkey}:"
-        cand_keys = [k for k in list(self.windows) if k.startswith(prefix)]
+        cand_keys = [f"c:{wkey}:{task}" for task in tasks]
         candidates = [as_model(PairCandidate, c) for k in cand_keys for c in (self.windows.get(k) or [])]
         pairs = mine_pairs(candidates, min_gap=s.pair_min_gap, require_chosen_passed=s.pair_require_chosen_passed,
                            window_start=w.start)
-        if len(pairs) < len(select_pairs(candidates, min_gap=s.pair_min_gap,
-                                         require_chosen_passed=s.pair_require_chosen_passed)):
-            log.info("window %s: some pairs had no messages and were skipped", wkey)
         pending = self._pending.pop(wkey, _PendingWindow())
         for pair in pairs:
             fut = await self.dpo_topic.send(key=pair.pair_id.encode(), value=encode(pair),
@@ -412,22 +403,13 @@ class StreamsApp:
         event = to_closed_event(closed)
         await self.closed_topic.send(key=event.window_id.encode(), value=encode(event),
                                      timestamp=_ts(event.timestamp))
-        self.windows[f"w:{wkey}"] = closed
         for k in cand_keys:
-            del self.windows[k]
+            if k in self.windows:
+                del self.windows[k]
         self.metrics.window_closes.inc()
         self.metrics.window_size.observe(closed.n_sft)
         log.info("window %s closed: %d traces, %d passed, %d SFT, %d pairs", event.window_id, closed.n_traces,
                  closed.n_passed, closed.n_sft, closed.n_pairs)
-        self._forget_old_windows(w.start)
-
-    def _forget_old_windows(self, newest_closed: datetime) -> None:
-        """Closed windows are kept a while so that a redelivered item can tell it is late; then dropped."""
-        horizon = newest_closed - timedelta(seconds=self.settings.streams.window_size_s * 10)
-        for key in [k for k in list(self.windows) if k.startswith("w:")]:
-            st = as_model(WindowState, self.windows.get(key))
-            if st is not None and st.closed and st.start < horizon:
-                del self.windows[key]
 
     async def _idle_close(self) -> None:
         """No traces for `window_idle_close_s` (wall clock): close every open window, so that the tail
@@ -435,23 +417,19 @@ class StreamsApp:
         s = self.settings.streams
         if time.monotonic() - self._last_item_wall < s.window_idle_close_s:
             return
-        mark = self._mark()
-        if mark.max_event_time is None:
+        book = self._book()
+        if not book.windows:
             return
-        open_windows = self._open_windows()
-        if not open_windows:
-            return
-        newest_end = max(w.end for w in open_windows)
-        target = newest_end + timedelta(seconds=s.window_grace_s)
-        new_mark, closing = advance_watermark(mark, target, grace_s=s.window_grace_s, windows=open_windows)
-        self._store_mark(new_mark)
-        for w in closing:
-            await self._close(w)
+        newest_end = max(w.end for w in book.windows.values())
+        book, closing = book_advance(book, newest_end + timedelta(seconds=s.window_grace_s), grace_s=s.window_grace_s)
+        self._store_book(book)
+        for w, tasks in closing:
+            await self._close(w, tasks)
 
     async def _window_tick(self) -> None:
-        # Only the worker that owns the windows partition acts on it (the table changes in the agent).
+        # Every worker ticks; only the one that owns the windows partition acts on it (in the agent).
         if time.monotonic() - self._last_item_wall >= self.settings.streams.window_idle_close_s:
-            await self.windows_topic.send(key=b"w", value=b'{"tick": true}')
+            await self.windows_topic.send(key=b"w", value=_TICK)
 
 
 def create_app(settings: StreamsSettings, *, partitions: int, metrics: StreamsMetrics | None = None) -> StreamsApp:

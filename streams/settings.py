@@ -74,8 +74,11 @@ class StreamsSection(_Section):
     web_port: int = Field(default=6066, ge=0, le=65535, description="faust web server, also serves /metrics")
     web_host: str = "127.0.0.1"
     store: str = "memory://"
+    data_dir: str = Field(default="~/.stillflow/streams", description="faust's data directory (one per app id)")
     session_timeout_s: float = Field(default=10.0, gt=0)
     standby_replicas: int = Field(default=1, ge=0)
+    batch_max_events: int = Field(default=500, ge=1, description="events the assembler takes at once")
+    batch_within_s: float = Field(default=0.02, gt=0, description="longest wait to fill a batch")
     producer_linger_s: float = Field(
         default=0.005, ge=0, description="batch outputs and changelog writes for this long (fewer requests)"
     )

@@ -52,6 +52,11 @@ __all__ = [
     "to_closed_event",
     "candidates_of",
     "load_table",
+    "WindowBook",
+    "BookEntry",
+    "book_observe",
+    "book_advance",
+    "merge_candidate",
 ]
 
 WATERMARK_KEY = "__watermark__"
@@ -146,18 +151,12 @@ def _add_candidate(
     state: WindowState, cand: PairCandidate, max_tasks: int, max_per_task: int
 ) -> tuple[dict[str, list[PairCandidate]], int]:
     cands = dict(state.candidates)
-    dropped = 0
     lst = cands.get(cand.task_id)
     if lst is None:
         if len(cands) >= max_tasks:
             return cands, 1
         lst = []
-    lst = [c for c in lst if c.trace_id != cand.trace_id] + [cand]  # a redelivered trace replaces itself
-    if len(lst) > max_per_task:
-        # keep the extremes (best and worst pair up); evict from the middle of the ranking
-        lst.sort(key=lambda c: (-c.overall, c.trace_id))
-        del lst[len(lst) // 2]
-        dropped = 1
+    lst, dropped = merge_candidate(lst, cand, max_per_task)
     cands[cand.task_id] = lst
     return cands, dropped
 
@@ -295,3 +294,99 @@ def load_table(items: Iterable[tuple[str, object]]) -> tuple[Watermark, dict[str
         else:
             windows[key] = value if isinstance(value, WindowState) else WindowState.model_validate(value)
     return mark, windows
+
+
+# ---------------------------------------------------------------------------------------------
+# The window book: everything the window agent keeps but the pair candidates, in one table value
+# (one changelog write per trace instead of three, and no table scans per trace).
+
+
+class WindowBook(TableModel):
+    """The watermark, the open windows (closed ones are dropped: the watermark alone says an event is
+    late) and, per open window, the tasks whose pair candidates are kept under their own keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mark: Watermark = Field(default_factory=Watermark)
+    windows: dict[str, WindowState] = Field(default_factory=dict)  # window_key -> state
+    tasks: dict[str, list[str]] = Field(default_factory=dict)  # window_key -> task ids with candidates
+
+
+@dataclass(frozen=True)
+class BookEntry:
+    book: WindowBook
+    window_key: str
+    keep_candidate: bool  # False: the window already keeps candidates for max_tasks other tasks
+    late: bool  # its own window had closed: counted in the window holding the watermark instead
+
+
+def book_observe(
+    book: WindowBook,
+    event_time: datetime,
+    *,
+    task_id: str,
+    size_s: float,
+    passed: bool,
+    sft: bool,
+    max_tasks: int,
+) -> BookEntry:
+    """Count one scored trace. A late one goes to the window that holds the watermark (the next to
+    close, never a closed one), so that nothing counted is lost."""
+    mark = book.mark
+    late = is_late(mark, event_time, size_s)
+    if late:
+        assert mark.watermark is not None
+        event_time = mark.watermark
+        mark = count_late(mark)
+    start = window_start_for(event_time, size_s)
+    wkey = window_key(start)
+    res = observe(book.windows.get(wkey), event_time, mark=mark, size_s=size_s, passed=passed, sft=sft)
+    assert res.state is not None and not res.late
+    windows = dict(book.windows)
+    windows[wkey] = res.state
+    tasks = book.tasks
+    known = tasks.get(wkey, [])
+    keep = task_id in known or len(known) < max_tasks
+    if keep and task_id not in known:
+        tasks = dict(tasks)
+        tasks[wkey] = [*known, task_id]
+    new = book.model_copy(update={"mark": mark, "windows": windows, "tasks": tasks})
+    return BookEntry(book=new, window_key=wkey, keep_candidate=keep, late=late)
+
+
+def book_advance(
+    book: WindowBook,
+    event_time: datetime | None,
+    *,
+    grace_s: float,
+    now: datetime | None = None,
+    max_ahead_s: float | None = None,
+) -> tuple[WindowBook, list[tuple[WindowState, list[str]]]]:
+    """Move the watermark; return the book without the windows that closed, and those windows
+    (`closed=True`, oldest first) each with its candidate task ids."""
+    mark, closing = advance_watermark(book.mark, event_time, grace_s=grace_s, windows=book.windows.values(),
+                                      now=now, max_ahead_s=max_ahead_s)
+    if not closing:
+        return book.model_copy(update={"mark": mark}), []
+    gone = {window_key(w.start) for w in closing}
+    out = [(w, book.tasks.get(window_key(w.start), [])) for w in closing]
+    new = book.model_copy(update={
+        "mark": mark,
+        "windows": {k: v for k, v in book.windows.items() if k not in gone},
+        "tasks": {k: v for k, v in book.tasks.items() if k not in gone},
+    })
+    return new, out
+
+
+def merge_candidate(
+    candidates: list[PairCandidate], cand: PairCandidate, max_per_task: int
+) -> tuple[list[PairCandidate], int]:
+    """One task's candidates with `cand` added (a redelivered trace replaces itself); over the bound,
+    one from the middle of the ranking is dropped (the extremes make the pairs). Returns the list and
+    how many were dropped."""
+    out = [c for c in candidates if c.trace_id != cand.trace_id] + [cand]
+    if len(out) <= max_per_task:
+        return out, 0
+    out.sort(key=lambda c: (-c.overall, c.trace_id))
+    del out[len(out) // 2]
+    return out, 1

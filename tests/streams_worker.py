@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from stillflow.broker import free_port
+from stillflow.broker import die_with_parent, free_port
 from stillflow.settings import StillflowSettings
 
 
@@ -28,6 +29,7 @@ def streams_env(settings: StillflowSettings, app_id: str, **streams: object) -> 
         "window_tick_interval_s": 1,
         "expiry_check_interval_s": 1,
         "standby_replicas": 0,
+        "data_dir": os.path.join(tempfile.gettempdir(), "stillflow-test-streams"),
     }
     defaults.update(streams)
     for k, v in defaults.items():
@@ -48,7 +50,7 @@ class StreamsWorker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stillflow.cli", "streams", "--web-port", str(self.web_port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
         log.close()
         return self
