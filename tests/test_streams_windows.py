@@ -14,12 +14,16 @@ from streams.pairs import PairCandidate, mine_pairs
 from streams.windows import (
     WATERMARK_KEY,
     Watermark,
+    WindowBook,
     WindowState,
     advance_watermark,
+    book_advance,
+    book_observe,
     candidates_of,
     count_late,
     is_late,
     load_table,
+    merge_candidate,
     observe,
     record_offset,
     set_pairs,
@@ -299,3 +303,66 @@ def test_load_table_splits_the_mark_from_the_windows() -> None:
     assert sorted(windows) == sorted(k for k in st.table if k != WATERMARK_KEY)
     assert all(isinstance(w, WindowState) for w in windows.values())
     assert load_table([]) == (Watermark(), {})
+
+
+# -- the window book (what the faust window agent stores) ---------------------------------------
+
+
+
+def _obs(book: WindowBook, t: float, task: str = "task-1", *, passed: bool = True, max_tasks: int = 256):
+    return book_observe(book, at(t), task_id=task, size_s=SIZE, passed=passed, sft=passed, max_tasks=max_tasks)
+
+
+def test_book_counts_closes_once_and_drops_closed_windows() -> None:
+    book = WindowBook()
+    for t, task in [(1, "a"), (2, "b"), (59, "a"), (61, "c")]:
+        e = _obs(book, t, task)
+        assert not e.late and e.keep_candidate
+        book, closing = book_advance(e.book, at(t), grace_s=GRACE)
+        assert closing == []
+    assert sorted(book.windows) == [window_key(T0), window_key(at(60))]
+    assert book.tasks[window_key(T0)] == ["a", "b"]  # one entry per task, not per trace
+    book, closing = book_advance(book, at(70), grace_s=GRACE)  # watermark 60: the first window ends
+    assert [(w.start, w.n_traces, w.n_sft, w.closed, tasks) for w, tasks in closing] == [
+        (T0, 3, 3, True, ["a", "b"])
+    ]
+    assert sorted(book.windows) == [window_key(at(60))] and window_key(T0) not in book.tasks
+    _, again = book_advance(book, at(75), grace_s=GRACE)
+    assert again == []  # each window closes exactly once
+
+
+def test_book_late_trace_counts_in_the_window_holding_the_watermark() -> None:
+    book = WindowBook()
+    book, _ = book_advance(_obs(book, 5).book, at(5), grace_s=GRACE)
+    book, closing = book_advance(_obs(book, 130).book, at(130), grace_s=GRACE)  # watermark 120
+    assert [w.start for w, _ in closing] == [T0]
+    e = _obs(book, 30, "late-task")  # its window [0, 60) closed long ago
+    assert e.late and e.window_key == window_key(at(120)) and e.book.mark.n_late == 1
+    assert e.book.windows[window_key(at(120))].n_traces == 2
+    assert "late-task" in e.book.tasks[window_key(at(120))]
+
+
+def test_book_bounds_tasks_with_candidates() -> None:
+    book = WindowBook()
+    for task in ["a", "b"]:
+        book = _obs(book, 1, task, max_tasks=2).book
+    e = _obs(book, 2, "c", max_tasks=2)
+    assert not e.keep_candidate and e.book.tasks[window_key(T0)] == ["a", "b"]
+    assert e.book.windows[window_key(T0)].n_traces == 3  # still counted
+    assert _obs(e.book, 3, "a", max_tasks=2).keep_candidate  # a known task keeps its place
+
+
+def test_book_round_trips_through_json() -> None:
+    book = _obs(WindowBook(), 1, "a").book
+    assert WindowBook.model_validate(book.__json__()) == book
+
+
+def test_merge_candidate_keeps_extremes_and_replaces_redelivery() -> None:
+    cands: list[PairCandidate] = []
+    for tid, score in [("t1", 0.9), ("t2", 0.5), ("t3", 0.1)]:
+        cands, dropped = merge_candidate(cands, _cand(tid, score), 3)
+        assert dropped == 0
+    cands, dropped = merge_candidate(cands, _cand("t2", 0.55), 3)
+    assert dropped == 0 and sorted(c.trace_id for c in cands) == ["t1", "t2", "t3"]
+    cands, dropped = merge_candidate(cands, _cand("t4", 0.6), 3)
+    assert dropped == 1 and {c.trace_id for c in cands} >= {"t1", "t3"} and len(cands) == 3
