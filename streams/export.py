@@ -92,7 +92,10 @@ async def _read_all(settings: StillflowSettings, topic: str, idle_timeout_s: flo
         out: list[bytes] = []
         loop = asyncio.get_running_loop()
         last = loop.time()
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+        while await behind():
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             if batch:
                 last = loop.time()

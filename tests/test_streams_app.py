@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -39,6 +42,13 @@ OWNER = {
     "unsafe_action": "safety",
     "crash": "success",
 }
+
+
+def _topic_env(settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STILLFLOW_")}
+    for role, name in settings.topics.model_dump().items():
+        env[f"STILLFLOW_TOPICS__{role.upper()}"] = name
+    return env
 
 
 def _traces(n: int, seed: int = 0):
@@ -112,6 +122,22 @@ async def test_pipeline_gates_every_error_mode(settings, tmp_path) -> None:
         for p in pairs:
             assert p.chosen_score - p.rejected_score > 0.2 or p.metadata.get("rule") == "teacher_student"
         assert any(w.offsets for w in latest.values())
+
+        # `stillflow export`: the same records, deduplicated, in both formats
+        for fmt in ("trl", "openai"):
+            res = subprocess.run([sys.executable, "-m", "stillflow.cli", "export", "--format", fmt, "--out",
+                                  str(tmp_path / fmt), "--bootstrap", settings.kafka.bootstrap_servers],
+                                 env=_topic_env(settings), capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stderr
+            rows = [json.loads(line) for line in (tmp_path / fmt / "sft.jsonl").read_text().splitlines()]
+            assert len(rows) == len(unique)
+            assert all(r["messages"][-1]["role"] == "assistant" and r["tools"] for r in rows)
+            calls = [m for r in rows for m in r["messages"] if m.get("tool_calls")]
+            assert calls and all(isinstance(c["function"]["arguments"], str) for m in calls for c in m["tool_calls"])
+            pair_rows = [json.loads(line) for line in (tmp_path / fmt / "dpo.jsonl").read_text().splitlines()]
+            assert len(pair_rows) == len({p.pair_id for p in pairs})
+            manifest = json.loads((tmp_path / fmt / "manifest.json").read_text())
+            assert manifest["counts"]["sft"] == len(unique) and len(manifest["sft_ids"]) == len(unique)
     finally:
         assert worker.stop() == 0 or worker.log()  # a clean stop; the log explains otherwise
 
