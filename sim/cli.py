@@ -199,7 +199,7 @@ async def _fleet(settings: Any, args: argparse.Namespace, emit: bool) -> Any:
         world_seed=sim.world_seed, split=sim.split, families=_families(args.families), out=args.out,
         run_id=args.run_id, turn_delay_s=sim.turn_delay_ms / 1000, max_turns=sim.max_turns,
         price_per_1k_tokens=sim.price_per_1k_tokens, model=sim.model, progress=progress,
-        progress_interval_s=sim.progress_interval_s,
+        progress_interval_s=sim.progress_interval_s, task_pool=args.task_pool,
     )
     policy = None if client is not None else sim.make_policy()
     if emit:
@@ -274,6 +274,8 @@ def register(subparsers: Any) -> None:
     fleet.add_argument("--rate", type=float, help="traces started per second (default 5)")
     fleet.add_argument("--duration", type=float, help="seconds to keep starting traces (default 60)")
     fleet.add_argument("--max-traces", type=int, help="stop after this many traces")
+    fleet.add_argument("--task-pool", type=int, default=None,
+                       help="draw tasks from a fixed set of N (tasks recur: pairs need several traces of a task)")
     fleet.add_argument("--base-url", help="OpenAI mode: chat-completions endpoint, e.g. http://127.0.0.1:8100/v1")
     fleet.add_argument("--model", help="model name sent in OpenAI mode (default teacher)")
     fleet.add_argument("--turn-delay-ms", type=float, help="in-process think time per turn")

@@ -450,6 +450,7 @@ async def run_fleet(
     progress: Callable[[str], None] | None = None,
     progress_interval_s: float = 2.0,
     keep_traces: bool = False,
+    task_pool: int | None = None,
 ) -> FleetReport:
     """Start traces at `rate`/s for `duration_s` (or until `max_traces`) on `agents` concurrent agents.
 
@@ -457,7 +458,9 @@ async def run_fleet(
     happens and the outcome at the end; `turn_delay_s` is its think time per turn. OpenAI mode
     (`openai_client` given): each agent talks to that chat-completions endpoint and runs the tool
     calls locally (`sim.openai_agent.run_openai_episode`). Trace ids are ``<run_id>-<i>``; the run id
-    is random unless given (so two fleets never collide on the topics).
+    is random unless given (so two fleets never collide on the topics). `task_pool` draws every task
+    from a fixed set of that many (seeded), so tasks recur the way a narrow production job repeats
+    itself; several traces of one task are what preference pairs are mined from.
     """
     if policy is None and openai_client is None:
         raise ValueError("give a policy (in-process) or an openai client (OpenAI mode)")
@@ -473,6 +476,8 @@ async def run_fleet(
     t0 = loop.time()
     fp = open(out, "w", encoding="utf-8") if out else None  # noqa: SIM115 - closed below
     in_flight = 0
+    pool = (suite.sample(random.Random(stable_int("fleet-pool", seed)), task_pool, split=split, families=families)
+            if task_pool else None)
 
     async def schedule() -> None:
         i = 0
@@ -490,8 +495,8 @@ async def run_fleet(
 
     async def one(i: int, agent_id: str) -> AgentTrace:
         # the task of trace i depends on (seed, run id, i) only, not on which agent is free first
-        task = suite.sample(random.Random(stable_int("fleet-task", seed, run_id, i)), 1, split=split,
-                            families=families)[0]
+        rng = random.Random(stable_int("fleet-task", seed, run_id, i))
+        task = pool[rng.randrange(len(pool))] if pool else suite.sample(rng, 1, split=split, families=families)[0]
         trace_id = trace_id_for(run_id, i)
         if openai_client is not None:
             from sim.openai_agent import run_openai_episode

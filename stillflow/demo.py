@@ -183,7 +183,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     try:
         sup.start("streams", ["streams", "--loglevel", "warning"], env=env)
         fleet = sup.start("fleet", ["sim", "fleet", "--agents", "8", "--rate", str(rate), "--duration", str(duration),
-                                    "--seed", str(args.seed), "--progress-interval", "10"], env=env)
+                                    "--seed", str(args.seed), "--progress-interval", "10",
+                                    "--task-pool", str(args.task_pool)], env=env)
         print(f"fleet: {rate:g} traces/s for {duration:g} s; logs in {out / 'demo.log'}", flush=True)
         last = 0.0
         while fleet.running:
@@ -264,6 +265,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=None, help="traces started per second (default 15)")
     p.add_argument("--window", type=float, default=10.0, help="dataset window size in seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task-pool", type=int, default=40,
+                   help="tasks the fleet draws from (they recur, so pairs of the same task can be mined)")
     p.add_argument("--out", default="demo-out", help="directory for the report, logs and the model registry")
     p.add_argument("--no-train", dest="train", action="store_false", help="stop after the dataset")
     p.set_defaults(func=cmd_demo)

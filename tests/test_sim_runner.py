@@ -335,3 +335,16 @@ def test_cli_error_rate_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["by_mode"] == {"crash": 50} and report["n_success"] == 0
     assert sim_main(["run", "--tasks", "5", "--error-rate", "nope=1"]) == 2
     assert "MODE=RATE" in capsys.readouterr().err
+
+
+async def test_fleet_task_pool_makes_tasks_recur() -> None:
+    from sim.policies import make_policy
+    from sim.runner import run_fleet
+
+    report = await run_fleet(make_policy("perfect"), agents=4, rate=1000, duration_s=10, max_traces=60, seed=3,
+                             task_pool=5, keep_traces=True, run_id="pool")
+    tasks = [t.task_id for t in report.traces]
+    assert len(tasks) == 60 and len(set(tasks)) <= 5
+    again = await run_fleet(make_policy("perfect"), agents=2, rate=1000, duration_s=10, max_traces=20, seed=3,
+                            task_pool=5, keep_traces=True, run_id="other")
+    assert {t.task_id for t in again.traces} <= set(tasks)  # the pool depends on the seed only
