@@ -27,6 +27,7 @@ def test_demo_runs_the_pipeline_and_reports(tmp_path) -> None:
     assert 0 < report["traces_passed"] < report["traces_scored"]  # the teacher's mistakes are caught
     assert report["sft_examples"] == report["traces_passed"]
     assert report["windows_closed"] >= 1
+    assert report["pairs"] >= 1  # tasks recur (--task-pool), so best-vs-worst pairs are mined
     assert sum(report["gate_rejections"].values()) > 0
     assert "| gate | traces |" in (out / "report.md").read_text()
     log = (out / "demo.log").read_text()
