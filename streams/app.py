@@ -139,6 +139,7 @@ class StreamsApp:
             web_bind="127.0.0.1" if s.web_host in ("localhost", "127.0.0.1") else "0.0.0.0",
             producer_acks=-1,
             producer_linger=s.producer_linger_s,
+            producer_max_batch_size=s.producer_max_batch_bytes,
             processing_guarantee="at_least_once",
             logging_config=None,
         )
@@ -318,11 +319,13 @@ class StreamsApp:
                 reason=f"scored trace {trace.trace_id}: {exc.message}", service=SERVICE,
             ))
             return
-        await self.scored_topic.send(key=trace.task_id.encode(), value=scored, timestamp=_ts(trace.timestamp))
+        # send_soon: into faust's producer buffer without waiting for batch space; faust flushes the
+        # buffer before it commits offsets, so at-least-once holds (awaiting each send made the
+        # assembler wait on the producer once per trace).
+        self.scored_topic.send_soon(key=trace.task_id.encode(), value=scored, timestamp=_ts(trace.timestamp))
         cand = p.candidate if p.example is None else p.candidate.model_copy(update={"messages": None})
         item = _WindowItem(event_time=trace.timestamp, passed=p.verdict.passed, example=p.example, candidate=cand)
-        await self.windows_topic.send(key=b"w", value=item.model_dump_json().encode(),
-                                      timestamp=_ts(trace.timestamp))
+        self.windows_topic.send_soon(key=b"w", value=item.model_dump_json().encode(), timestamp=_ts(trace.timestamp))
         m.trace_latency.observe(max(0.0, time.time() - trace.timestamp.timestamp()))
 
     # -- 2. windows -----------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class StreamsSection(_Section):
     standby_replicas: int = Field(default=1, ge=0)
     batch_max_events: int = Field(default=500, ge=1, description="events the assembler takes at once")
     batch_within_s: float = Field(default=0.02, gt=0, description="longest wait to fill a batch")
+    producer_max_batch_bytes: int = Field(default=1_048_576, gt=0, description="producer batch size")
     producer_linger_s: float = Field(
         default=0.005, ge=0, description="batch outputs and changelog writes for this long (fewer requests)"
     )
