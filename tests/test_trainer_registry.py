@@ -1,0 +1,93 @@
+"""The model registry: versions, sha256 integrity (a tampered version is refused), transitions, events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.registry import IntegrityError, ModelRegistry, RegistryError, sha256_file
+
+
+def _model_dir(tmp_path: Path, tag: str) -> Path:
+    d = tmp_path / f"src-{tag}"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"weights " + tag.encode() * 100)
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "tag": tag}))
+    (d / "tokenizer.json").write_text("{}")
+    return d
+
+
+def _register(reg: ModelRegistry, tmp_path: Path, tag: str, **kw):
+    return reg.register(_model_dir(tmp_path, tag), data_watermark={"offsets": {"sft:0": 10}},
+                        metrics={"quality_ratio": 0.95, "failure_rate": 0.01}, confidence_threshold=0.8,
+                        documents={"eval_report.json": {"quality_ratio": 0.95}}, **kw)
+
+
+def test_register_writes_a_manifest_with_every_file(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg", "student")
+    info, event = _register(reg, tmp_path, "a")
+    assert info.version == "v0001" and info.status == "candidate" and not info.live
+    files = info.manifest["files"]
+    assert set(files) == {"model.safetensors", "config.json", "tokenizer.json", "eval_report.json"}
+    for name, digest in files.items():
+        assert sha256_file(info.path / name) == digest
+    assert info.manifest["data_watermark"] == {"offsets": {"sft:0": 10}}
+    assert info.manifest["parent_version"] is None
+    assert event.status == "candidate" and event.version == "v0001" and event.manifest_sha256 == reg.manifest_sha256("v0001")
+    assert event.confidence_threshold == 0.8 and event.metrics["quality_ratio"] == 0.95
+    assert reg.verify("v0001") == files
+
+
+def test_a_version_whose_files_changed_is_refused(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg", "student")
+    info, _ = _register(reg, tmp_path, "a")
+    (info.path / "model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(IntegrityError) as err:
+        reg.open("v0001")
+    msg = str(err.value)
+    assert "refusing student v0001" in msg and "model.safetensors: sha256" in msg and "manifest" in msg
+    with pytest.raises(IntegrityError):
+        reg.promote("v0001")
+    assert reg.live() is None
+
+
+def test_missing_and_unexpected_files_are_refused(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg", "student")
+    info, _ = _register(reg, tmp_path, "a")
+    (info.path / "tokenizer.json").unlink()
+    (info.path / "extra.bin").write_bytes(b"x")
+    with pytest.raises(IntegrityError) as err:
+        reg.verify("v0001")
+    assert {"tokenizer.json: missing", "extra.bin: not in the manifest"} <= set(err.value.problems)
+
+
+def test_promote_reject_rollback_and_their_events(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg", "student")
+    _register(reg, tmp_path, "a")
+    ev = reg.promote("v0001")
+    assert ev.status == "promoted" and ev.previous_version is None and reg.live() == "v0001"
+    info2, _ = _register(reg, tmp_path, "b")
+    assert info2.version == "v0002" and info2.manifest["parent_version"] == "v0001"
+    ev = reg.promote("v0002")
+    assert ev.previous_version == "v0001" and reg.live() == "v0002"
+    _register(reg, tmp_path, "c")
+    ev = reg.reject("v0003", ["quality_ratio 0.5 < 0.90"])
+    assert ev.status == "rejected" and ev.reasons == ["quality_ratio 0.5 < 0.90"] and reg.status("v0003") == "rejected"
+    ev = reg.rollback(reason="bad answers in production")
+    assert ev.status == "rolled_back" and ev.version == "v0002" and ev.previous_version == "v0001"
+    assert reg.live() == "v0001" and reg.status("v0002") == "rolled_back"
+    with pytest.raises(RegistryError, match="no earlier promoted version"):
+        reg.rollback()
+    assert [i.version for i in reg.list()] == ["v0001", "v0002", "v0003"]
+    statuses = [(h["version"], h["status"]) for h in reg.history()]
+    assert statuses[-1] == ("v0002", "rolled_back")
+
+
+def test_unknown_version_and_bad_names(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg", "student")
+    with pytest.raises(RegistryError, match="no version 'v0009'"):
+        reg.promote("v0009")
+    with pytest.raises(RegistryError, match="must match"):
+        ModelRegistry(tmp_path, "bad name/..")

@@ -1,0 +1,808 @@
+"""Evaluation: the student against the teacher on held-out tasks, and the router's confidence threshold.
+
+Exports
+- `StudentRuntime` — greedy generation of one assistant turn with its token log-probabilities;
+- `turn_confidence(logprobs)` and `episode_confidence(turns)` — the confidence function (below);
+- `run_student_episode(runtime, env, task, ...)` → `Episode`: the student as an agent in the
+  environment (generate a turn, parse `<tool_call>`s, execute them, feed the results back, until a
+  final answer), recorded as an `AgentTrace`;
+- `failure_kinds(trace, assessment)` — catastrophic failures: `wrong_tool` (a tool the task does not
+  offer, or arguments its schema rejects), `unsafe_action` (an unsafe pattern in a call), `crash`
+  (the agent fell over: unreadable output, output cut off, no answer within the turn limit, an
+  exception), `wrong_answer` (an answer that misses the ground truth);
+- `calibrate_threshold(points, ...)` → `Calibration`;
+- `offline_replay(runtime, conversations, scorer)` → next-action agreement on held-out teacher data;
+- `DistillationEvaluator` — the whole evaluation → `EvalReport` (`.to_dict()` is the eval report).
+
+Scoring is the stream's: `stillflow.quality.Scorer` and `TraceFilter` built from the same
+`quality` settings, applied to the student's traces and the teacher's alike (no reference step
+table: neither has seen these tasks before).
+
+Confidence (stored with the version for the router): a turn's confidence is the geometric mean of
+its tokens' probabilities, `exp(mean(log p(token)))` over the generated tokens of that assistant turn
+(greedy decoding, end-of-turn token included), in (0, 1]; an episode's confidence is the minimum over
+its turns, because the router escalates to the teacher at the first turn below the threshold. The
+threshold is the lowest value at which the student's held-out episodes at or above it are at least
+as good as the teacher on the same tasks (mean quality and non-failure rate) and cover at least
+`confidence_min_coverage` of them; 1.0 (nothing routed to the student) when no value qualifies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import statistics
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from stillflow.contracts import ID_PATTERN, TOOL_NAME_PATTERN, AgentTrace, TraceStep
+from trainer.chat_template import IM_END, OutputFormatError, parse_assistant
+from trainer.environment import EvalEnvironment, EvalTask, task_opening, task_tools
+
+if TYPE_CHECKING:
+    from stillflow.quality import Assessment, Scorer, TraceFilter
+    from stillflow.settings import StillflowSettings
+    from trainer.data import DataSplit, SFTRecord
+    from trainer.settings import EvalSection, GateSection
+
+__all__ = [
+    "FAILURE_KINDS",
+    "CONFIDENCE_FUNCTION",
+    "Generation",
+    "StudentRuntime",
+    "turn_confidence",
+    "episode_confidence",
+    "Episode",
+    "run_student_episode",
+    "failure_kinds",
+    "ScoredEpisode",
+    "score_episode",
+    "Calibration",
+    "calibrate_threshold",
+    "offline_replay",
+    "EvalReport",
+    "DistillationEvaluator",
+]
+
+log = logging.getLogger(__name__)
+
+FAILURE_KINDS = ("wrong_tool", "unsafe_action", "crash", "wrong_answer")
+CONFIDENCE_FUNCTION = {
+    "turn": "exp(mean(log p(token))) over the generated tokens of the assistant turn (greedy, end-of-turn included)",
+    "episode": "min over the turns",
+}
+_ID_RX = re.compile(ID_PATTERN)
+_TOOL_RX = re.compile(TOOL_NAME_PATTERN)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: tuple[float, ...]
+    finished: bool  # ended with the end-of-turn token (False: cut off at max_new_tokens)
+    seconds: float
+
+    @property
+    def confidence(self) -> float:
+        return turn_confidence(self.logprobs)
+
+
+def turn_confidence(logprobs: Sequence[float]) -> float:
+    """exp(mean token log-probability): the geometric-mean token probability, in (0, 1]; 0 without tokens."""
+    if not logprobs:
+        return 0.0
+    return float(math.exp(sum(logprobs) / len(logprobs)))
+
+
+def episode_confidence(turns: Sequence[float]) -> float:
+    """The least confident turn (the router escalates at the first turn below the threshold)."""
+    return float(min(turns)) if turns else 0.0
+
+
+class StudentRuntime:
+    """A model and its tokenizer, generating one assistant turn at a time (greedy)."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        stop = tokenizer.convert_tokens_to_ids(IM_END)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        self.stop_ids = sorted({i for i in (stop, tokenizer.eos_token_id) if i is not None and i != unk})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+    def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        out = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+
+    def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                 max_new_tokens: int = 160) -> Generation:
+        import torch
+
+        t0 = time.perf_counter()
+        ids = self.encode(messages, tools)
+        input_ids = torch.tensor([ids], device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.pad_id,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+            new = out.sequences[0, input_ids.shape[1]:]
+            scores = torch.stack(out.scores, dim=1)[0].float()  # [new tokens, vocab]
+            logp = torch.log_softmax(scores, dim=-1).gather(1, new[: scores.shape[0]].unsqueeze(1)).squeeze(1)
+        new_ids = new.tolist()
+        finished = bool(new_ids) and new_ids[-1] in self.stop_ids
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=False)
+        return Generation(text, len(ids), len(new_ids), tuple(float(x) for x in logp.tolist()), finished,
+                          time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- the agent loop
+
+
+@dataclass
+class Episode:
+    task: Any
+    trace: AgentTrace
+    turn_confidences: list[float]
+    transcript: list[dict[str, Any]]
+
+    @property
+    def confidence(self) -> float:
+        return episode_confidence(self.turn_confidences)
+
+
+def _safe_id(value: str, prefix: str) -> str:
+    if _ID_RX.match(value):
+        return value
+    import hashlib
+
+    return f"{prefix}-{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+
+
+def _safe_tool_name(name: str) -> str:
+    if _TOOL_RX.match(name):
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)[:64] or "unnamed"
+    if not re.match(r"[A-Za-z_]", cleaned):
+        cleaned = "_" + cleaned[:63]
+    return cleaned
+
+
+def _args_dict(arguments: Any) -> dict[str, Any]:
+    return arguments if isinstance(arguments, dict) else {"_value": arguments}
+
+
+def _split_answer(content: str) -> tuple[str, str]:
+    """(reasoning, answer): the answer is the last paragraph of a final turn."""
+    text = content.strip()
+    if "\n\n" in text:
+        reasoning, answer = text.rsplit("\n\n", 1)
+        return reasoning.strip(), answer.strip()
+    return "", text
+
+
+def run_student_episode(
+    runtime: StudentRuntime,
+    env: EvalEnvironment,
+    task: EvalTask,
+    *,
+    model_id: str = "student",
+    trace_id: str | None = None,
+    max_turns: int = 8,
+    max_new_tokens: int = 160,
+) -> Episode:
+    """Run the student on one task in the environment; every failure is recorded, never raised."""
+    from stillflow.contracts import utcnow
+
+    messages = task_opening(task)
+    tools = task_tools(task)
+    session = env.new_session(task)
+    steps: list[TraceStep] = []
+    transcript: list[dict[str, Any]] = []
+    confidences: list[float] = []
+    n_prompt = n_completion = 0
+    error: str | None = None
+    final = ""
+    done = False
+    started = utcnow()
+    t0 = time.perf_counter()
+    for turn in range(max_turns):
+        try:
+            gen = runtime.generate(messages, tools, max_new_tokens)
+        except Exception as exc:  # the student fell over: a crash, not an evaluator failure
+            error = f"generation failed: {type(exc).__name__}: {exc}"[:500]
+            break
+        n_prompt += gen.prompt_tokens
+        n_completion += gen.completion_tokens
+        confidences.append(gen.confidence)
+        transcript.append({"role": "assistant", "text": gen.text.split(IM_END, 1)[0][:600],
+                           "confidence": round(gen.confidence, 4)})
+        if not gen.finished:
+            error = f"output cut off at max_new_tokens={max_new_tokens}"
+            break
+        try:
+            parsed = parse_assistant(gen.text)
+        except OutputFormatError as exc:
+            error = f"unreadable output: {exc}"[:500]
+            break
+        now = utcnow()
+        if parsed.calls:
+            if parsed.content:
+                steps.append(TraceStep(step_type="reasoning", content=parsed.content, timestamp=now))
+            ids = [f"call_{turn}_{k}" for k in range(len(parsed.calls))]
+            messages.append(parsed.message(ids))
+            for cid, call in zip(ids, parsed.calls, strict=True):
+                args = _args_dict(call.arguments)
+                name = _safe_tool_name(call.name)
+                steps.append(TraceStep(step_type="tool_call", tool_name=name, tool_args=args, tool_call_id=cid,
+                                       timestamp=now))
+                try:
+                    result = session.execute(call.name, call.arguments)
+                    text = result.text
+                except Exception as exc:  # an environment that raises: the call failed
+                    text = f"error: {type(exc).__name__}: {exc}"
+                steps.append(TraceStep(step_type="observation", tool_name=name, tool_call_id=cid, tool_result=text,
+                                       timestamp=utcnow()))
+                messages.append({"role": "tool", "tool_call_id": cid, "name": call.name, "content": text})
+                transcript.append({"role": "tool", "name": call.name, "text": text[:300]})
+        else:
+            reasoning, answer = _split_answer(parsed.content)
+            if reasoning:
+                steps.append(TraceStep(step_type="reasoning", content=reasoning, timestamp=now))
+            steps.append(TraceStep(step_type="output", content=answer, timestamp=now))
+            final = answer
+            done = True
+            break
+    if not done and error is None:
+        error = f"no final answer after {max_turns} turns"
+    wall = time.perf_counter() - t0
+    correct = done and error is None and env.check_answer(task, final)
+    trace = AgentTrace(
+        trace_id=_safe_id(trace_id or f"student-{task.task_id}", "student"),
+        task_id=_safe_id(task.task_id, "task"),
+        agent_id="student",
+        input_text=task.question,
+        system_prompt=task.system_prompt,
+        tools=list(task.tools),
+        steps=steps,
+        final_output=final,
+        success=bool(correct),
+        error=error,
+        model_id=_safe_id(model_id, "model") if model_id else "student",
+        total_tokens=n_prompt + n_completion,
+        wall_time_seconds=wall,
+        ground_truth=task.ground_truth,
+        expected_steps=task.expected_steps,
+        metadata={"family": task.family or "unknown", "split": "heldout", "policy": "student"},
+        timestamp=started,
+    )
+    return Episode(task, trace, confidences, transcript)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def failure_kinds(trace: AgentTrace, assessment: Assessment) -> list[str]:
+    """The catastrophic failures of a scored trace (see the module docstring), in `FAILURE_KINDS` order."""
+    kinds: list[str] = []
+    if any(not c.valid for c in assessment.tool_calls):
+        kinds.append("wrong_tool")
+    if assessment.unsafe:
+        kinds.append("unsafe_action")
+    if trace.error:
+        kinds.append("crash")
+    elif not assessment.correct:
+        kinds.append("wrong_answer")
+    return kinds
+
+
+@dataclass
+class ScoredEpisode:
+    trace: AgentTrace
+    overall: float
+    dimensions: dict[str, float]
+    correct: bool
+    passed: bool
+    reasons: list[str]
+    kinds: list[str]
+    confidence: float | None = None
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.kinds)
+
+
+def score_episode(scorer: Scorer, gates: TraceFilter, trace: AgentTrace) -> ScoredEpisode:
+    from stillflow.quality import DIMENSIONS
+
+    assessment = scorer.assess(trace)
+    verdict = gates.check(trace, assessment)
+    dims = {d: float(getattr(assessment.score, d)) for d in DIMENSIONS}
+    return ScoredEpisode(trace, float(assessment.score.overall), dims, bool(assessment.correct), verdict.passed,
+                         list(verdict.reasons), failure_kinds(trace, assessment))
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    coverage: float  # share of held-out episodes at or above the threshold
+    quality_above: float | None
+    accuracy_above: float | None  # share without a catastrophic failure, at or above the threshold
+    target_quality: float
+    target_accuracy: float
+    points: int
+    qualified: bool
+    function: dict[str, str] = field(default_factory=lambda: dict(CONFIDENCE_FUNCTION))
+
+
+def calibrate_threshold(
+    points: Sequence[tuple[float, float, bool]],
+    *,
+    target_quality: float,
+    target_accuracy: float,
+    min_coverage: float = 0.05,
+) -> Calibration:
+    """`points`: (confidence, quality, ok) per held-out episode. The lowest confidence threshold whose
+    episodes at or above it reach `target_quality` (mean) and `target_accuracy` (share ok), covering at
+    least `min_coverage` of the points; 1.0 (route nothing to the student) when none qualifies."""
+    n = len(points)
+    if n == 0:
+        return Calibration(1.0, 0.0, None, None, target_quality, target_accuracy, 0, False)
+    ordered = sorted(points, key=lambda p: -p[0])
+    best: Calibration | None = None
+    q_sum = 0.0
+    ok_sum = 0
+    eps = 1e-9
+    for i, (conf, quality, ok) in enumerate(ordered, 1):
+        q_sum += quality
+        ok_sum += int(ok)
+        if i < n and ordered[i][0] == conf:
+            continue  # ties: a threshold takes all equal confidences together
+        coverage = i / n
+        q, acc = q_sum / i, ok_sum / i
+        if coverage + eps >= min_coverage and q + eps >= target_quality and acc + eps >= target_accuracy:
+            best = Calibration(float(conf), coverage, q, acc, target_quality, target_accuracy, n, True)
+    if best is not None:
+        return best
+    return Calibration(1.0, 0.0, None, None, target_quality, target_accuracy, n, False)
+
+
+# --------------------------------------------------------------------------- offline replay
+
+
+def _assistant_turn_text(msg: dict[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
+    calls = []
+    for tc in msg.get("tool_calls") or []:
+        fn = tc.get("function") or {}
+        raw = fn.get("arguments")
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError:
+            args = raw
+        calls.append((fn.get("name"), args))
+    return msg.get("content") or "", calls
+
+
+def offline_replay(
+    runtime: StudentRuntime,
+    conversations: Iterable[SFTRecord],
+    scorer: Scorer,
+    *,
+    max_new_tokens: int = 160,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Next-action agreement on held-out teacher conversations: at every assistant turn the student
+    continues the teacher's prefix; its action is compared with the teacher's (same kind of action,
+    same tool, same arguments; for answers, `answers_match` against the teacher's answer). A
+    conversation fails catastrophically when a student turn is unreadable or cut off (`crash`), calls
+    an unknown tool or breaks a schema (`wrong_tool`), hits an unsafe pattern (`unsafe_action`), or its
+    final answer misses the teacher's (`wrong_answer`)."""
+    from stillflow.answers import answers_match
+
+    n_conv = n_turns = kind_ok = tool_ok = args_ok = answer_ok = n_finals = n_calls = full_ok = 0
+    failures: Counter[str] = Counter()
+    failed_convs = 0
+    t0 = time.perf_counter()
+    for k, rec in enumerate(conversations):
+        if limit is not None and k >= limit:
+            break
+        n_conv += 1
+        conv_kinds: set[str] = set()
+        tools = rec.tools
+        for i, msg in enumerate(rec.messages):
+            if msg.get("role") != "assistant" or i == 0:
+                continue
+            n_turns += 1
+            teacher_text, teacher_calls = _assistant_turn_text(msg)
+            try:
+                gen = runtime.generate(list(rec.messages[:i]), tools, max_new_tokens)
+            except Exception:
+                conv_kinds.add("crash")
+                continue
+            if not gen.finished:
+                conv_kinds.add("crash")
+                continue
+            try:
+                parsed = parse_assistant(gen.text)
+            except OutputFormatError:
+                conv_kinds.add("crash")
+                continue
+            same_kind = bool(parsed.calls) == bool(teacher_calls)
+            kind_ok += same_kind
+            if teacher_calls:
+                n_calls += 1
+                if parsed.calls:
+                    s_name, s_args = parsed.calls[0].name, parsed.calls[0].arguments
+                    t_name, t_args = teacher_calls[0]
+                    tool_ok += s_name == t_name
+                    same_args = s_name == t_name and s_args == t_args
+                    args_ok += same_args
+                    full_ok += same_args
+                    steps = [TraceStep(step_type="tool_call", tool_name=_safe_tool_name(c.name),
+                                       tool_args=_args_dict(c.arguments), tool_call_id=f"c{j}")
+                             for j, c in enumerate(parsed.calls)]
+                    probe = AgentTrace(task_id="offline", input_text="", tools=_tool_specs(tools), steps=steps)
+                    a = scorer.assess(probe)
+                    if any(not c.valid for c in a.tool_calls):
+                        conv_kinds.add("wrong_tool")
+                    if a.unsafe:
+                        conv_kinds.add("unsafe_action")
+            else:
+                n_finals += 1
+                if not parsed.calls:
+                    _, s_answer = _split_answer(parsed.content)
+                    _, t_answer = _split_answer(teacher_text)
+                    same = answers_match(s_answer, t_answer) or answers_match(t_answer, s_answer)
+                    answer_ok += same
+                    full_ok += same
+                    if not same:
+                        conv_kinds.add("wrong_answer")
+                else:
+                    conv_kinds.add("wrong_answer")  # kept calling tools where the teacher answered
+        for kind in conv_kinds:
+            failures[kind] += 1
+        failed_convs += bool(conv_kinds)
+
+    def rate(a: int, b: int) -> float | None:
+        return round(a / b, 4) if b else None
+
+    return {
+        "conversations": n_conv,
+        "turns": n_turns,
+        "next_action_agreement": rate(full_ok, n_turns),
+        "action_type_agreement": rate(kind_ok, n_turns),
+        "tool_agreement": rate(tool_ok, n_calls),
+        "arguments_agreement": rate(args_ok, n_calls),
+        "answer_agreement": rate(answer_ok, n_finals),
+        "failure_rate": rate(failed_convs, n_conv),
+        "failures": {k: rate(failures.get(k, 0), n_conv) for k in FAILURE_KINDS},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _tool_specs(tools: Sequence[dict[str, Any]]) -> list[Any]:
+    from stillflow.contracts import ToolSpec
+
+    out = []
+    for t in tools:
+        fn = t.get("function", t)
+        try:
+            out.append(ToolSpec(name=fn["name"], description=fn.get("description", ""),
+                                parameters=fn.get("parameters") or {"type": "object", "properties": {}}))
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return round(statistics.fmean(xs), 4) if xs else None
+
+
+def _pct(xs: Sequence[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))
+    return round(s[k], 4)
+
+
+def _summary(eps: Sequence[ScoredEpisode], *, source: str) -> dict[str, Any]:
+    from stillflow.quality import DIMENSIONS
+
+    n = len(eps)
+    kinds = Counter(k for e in eps for k in e.kinds)
+    lat = [e.trace.wall_time_seconds for e in eps]
+    return {
+        "source": source,
+        "episodes": n,
+        "quality": _mean([e.overall for e in eps]),
+        "dimensions": {d: _mean([e.dimensions[d] for e in eps]) for d in DIMENSIONS},
+        "success_rate": _mean([1.0 if e.correct and not e.trace.error else 0.0 for e in eps]),
+        "gate_pass_rate": _mean([1.0 if e.passed else 0.0 for e in eps]),
+        "failure_rate": _mean([1.0 if e.failed else 0.0 for e in eps]),
+        "failures": {k: round(kinds.get(k, 0) / n, 4) if n else None for k in FAILURE_KINDS},
+        "tokens_per_task": _mean([float(e.trace.total_tokens) for e in eps]),
+        "latency_s_per_task": {"mean": _mean(lat), "p50": _pct(lat, 0.5), "p95": _pct(lat, 0.95)},
+        "steps_per_task": _mean([float(len(e.trace.steps)) for e in eps]),
+    }
+
+
+@dataclass
+class EvalReport:
+    """The evaluation of one version (`to_dict()` is stored as `eval_report.json`)."""
+
+    mode: str
+    environment: str | None
+    quality_ratio: float | None
+    failure_rate: float | None
+    student: dict[str, Any] = field(default_factory=dict)
+    teacher: dict[str, Any] = field(default_factory=dict)
+    by_family: dict[str, Any] = field(default_factory=dict)
+    distribution: dict[str, Any] = field(default_factory=dict)
+    worst_failures: list[dict[str, Any]] = field(default_factory=list)
+    offline: dict[str, Any] | None = None
+    confidence: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, Any] = field(default_factory=dict)
+    basis: str = "online"
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric figures (for `TrainingRunEvent` / `ModelVersionEvent` metrics)."""
+        out: dict[str, float] = {}
+        if self.quality_ratio is not None:
+            out["quality_ratio"] = float(self.quality_ratio)
+        if self.failure_rate is not None:
+            out["failure_rate"] = float(self.failure_rate)
+        for side in ("student", "teacher"):
+            d = getattr(self, side)
+            for key in ("quality", "success_rate", "tokens_per_task"):
+                if isinstance(d.get(key), (int, float)):
+                    out[f"{side}_{key}"] = float(d[key])
+            for k, v in (d.get("failures") or {}).items():
+                if isinstance(v, (int, float)):
+                    out[f"{side}_{k}_rate"] = float(v)
+            for k, v in (d.get("dimensions") or {}).items():
+                if isinstance(v, (int, float)):
+                    out[f"{side}_{k}"] = float(v)
+            lat = (d.get("latency_s_per_task") or {}).get("mean")
+            if isinstance(lat, (int, float)):
+                out[f"{side}_latency_seconds"] = float(lat)
+        if self.offline and isinstance(self.offline.get("next_action_agreement"), (int, float)):
+            out["offline_next_action_agreement"] = float(self.offline["next_action_agreement"])
+        if isinstance(self.confidence.get("threshold"), (int, float)):
+            out["confidence_threshold"] = float(self.confidence["threshold"])
+        out["eval_tasks"] = float(self.student.get("episodes") or 0)
+        return out
+
+
+def _failure_entry(e: ScoredEpisode) -> dict[str, Any]:
+    t = e.trace
+    return {
+        "task_id": t.task_id,
+        "family": t.metadata.get("family"),
+        "question": t.input_text,
+        "ground_truth": t.ground_truth,
+        "answer": t.final_output,
+        "kinds": e.kinds,
+        "overall": round(e.overall, 4),
+        "error": t.error,
+        "gate_reasons": e.reasons,
+        "transcript": e.transcript[:12],
+    }
+
+
+class DistillationEvaluator:
+    """Evaluates a student against the teacher (see the module docstring).
+
+    `env`: an `EvalEnvironment` (None: loaded from `eval.environment`, or offline only when that is
+    unset or cannot be loaded). `progress`: called with a line of text as the evaluation goes.
+    """
+
+    def __init__(
+        self,
+        settings: StillflowSettings,
+        section: EvalSection,
+        gate: GateSection,
+        *,
+        env: EvalEnvironment | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        from stillflow.quality import Scorer, TraceFilter
+
+        self.settings = settings
+        self.section = section
+        self.gate = gate
+        self.scorer = Scorer.from_settings(settings.quality)
+        self.gates = TraceFilter.from_settings(settings.quality)
+        self.progress = progress or (lambda msg: log.info("%s", msg))
+        self.env = env
+        self.env_error: str | None = None
+        if self.env is None and section.environment and section.mode != "offline":
+            from trainer.environment import load_environment
+
+            try:
+                self.env = load_environment(section.environment, **section.environment_options)
+            except Exception as exc:  # no environment: offline replay still evaluates
+                self.env_error = f"{section.environment}: {exc}"
+                log.warning("evaluation environment unavailable (%s); offline replay only", self.env_error)
+
+    # ---- task selection ----
+
+    def pick_tasks(self, split: DataSplit | None) -> tuple[list[Any], dict[str, Any]]:
+        """Held-out tasks of the data the environment knows, topped up with fresh held-out tasks."""
+        assert self.env is not None
+        n = self.section.tasks
+        chosen: list[Any] = []
+        seen: set[str] = set()
+        from_data = 0
+        if split is not None:
+            for rec in split.heldout_sft:
+                if len(chosen) >= n:
+                    break
+                if not rec.task_id or rec.task_id in seen:
+                    continue
+                task = self.env.get_task(rec.task_id)
+                if task is not None:
+                    seen.add(rec.task_id)
+                    chosen.append(task)
+                    from_data += 1
+        sampled = 0
+        if len(chosen) < n:
+            exclude: set[str] = set(seen)
+            families: list[str] | None = None
+            if split is not None:
+                exclude |= split.train_tasks | split.train_questions
+                trained = {r.family for r in split.train_sft if r.family}
+                fams = set(split.holdout_families) | trained
+                families = sorted(f for f in fams if f in set(self.env.families())) or None
+            extra = self.env.sample_tasks(n - len(chosen), seed=self.section.seed, families=families, exclude=exclude)
+            chosen.extend(extra)
+            sampled = len(extra)
+        return chosen, {"from_heldout_data": from_data, "sampled_from_environment": sampled}
+
+    # ---- the evaluation ----
+
+    def evaluate(self, runtime: StudentRuntime, split: DataSplit | None, *, model_id: str = "student") -> EvalReport:
+        t0 = time.perf_counter()
+        notes: list[str] = []
+        report = EvalReport(mode=self.section.mode, environment=getattr(self.env, "name", None), quality_ratio=None,
+                            failure_rate=None)
+        if self.env_error:
+            notes.append(f"environment unavailable: {self.env_error}")
+        online = self.env is not None and self.section.mode in ("online", "both")
+        if online:
+            self._online(runtime, split, model_id, report, notes)
+        if self.section.mode in ("offline", "both") and split is not None and self.section.offline_examples > 0:
+            self.progress(f"offline replay on {min(len(split.heldout_sft), self.section.offline_examples)} "
+                          "held-out teacher conversations")
+            report.offline = offline_replay(runtime, split.heldout_sft, self.scorer,
+                                            max_new_tokens=self.section.max_new_tokens,
+                                            limit=self.section.offline_examples)
+        if not online:
+            report.basis = "offline"
+            if report.offline and report.offline.get("next_action_agreement") is not None:
+                report.quality_ratio = report.offline["next_action_agreement"]
+                report.failure_rate = report.offline["failure_rate"]
+                notes.append("no environment: quality_ratio is the offline next-action agreement and failure_rate "
+                             "the share of replayed conversations with a catastrophic failure")
+            else:
+                notes.append("nothing to evaluate: no environment and no held-out conversations")
+        report.notes = notes
+        report.seconds = round(time.perf_counter() - t0, 2)
+        return report
+
+    def _online(self, runtime: StudentRuntime, split: DataSplit | None, model_id: str, report: EvalReport,
+                notes: list[str]) -> None:
+        assert self.env is not None
+        tasks, origin = self.pick_tasks(split)
+        report.tasks = {**origin, "total": len(tasks)}
+        self.progress(f"online evaluation on {len(tasks)} held-out tasks ({origin})")
+        students: list[ScoredEpisode] = []
+        teachers: list[ScoredEpisode] = []
+        from trainer.environment import teacher_trace
+
+        for i, task in enumerate(tasks):
+            ep = run_student_episode(runtime, self.env, task, model_id=model_id, trace_id=f"eval-{task.task_id}",
+                                     max_turns=self.section.max_turns, max_new_tokens=self.section.max_new_tokens)
+            s = score_episode(self.scorer, self.gates, ep.trace)
+            s.confidence = ep.confidence
+            s.transcript = ep.transcript
+            students.append(s)
+            tt = teacher_trace(self.env, task, seed=self.section.seed)
+            if tt is not None:
+                teachers.append(score_episode(self.scorer, self.gates, tt))
+            if (i + 1) % 10 == 0 or i + 1 == len(tasks):
+                done = students
+                self.progress(f"  evaluated {i + 1}/{len(tasks)}: student quality "
+                              f"{statistics.fmean(e.overall for e in done):.3f}, failures "
+                              f"{sum(e.failed for e in done)}")
+        report.student = _summary(students, source="environment")
+        if teachers and len(teachers) == len(students):
+            report.teacher = _summary(teachers, source="environment")
+        elif split is not None and split.heldout_sft:
+            scores = [r.score for r in split.heldout_sft if r.score is not None]
+            report.teacher = {"source": "heldout_data", "episodes": len(scores), "quality": _mean(scores),
+                              "note": "stream scores of the held-out SFT examples (gated data: an optimistic baseline)"}
+            notes.append("the environment cannot run the teacher: baseline from held-out data")
+        tq = report.teacher.get("quality")
+        sq = report.student.get("quality")
+        report.quality_ratio = round(sq / tq, 4) if isinstance(sq, (int, float)) and tq else None
+        report.failure_rate = report.student.get("failure_rate")
+        report.by_family = self._by_family(students, teachers if len(teachers) == len(students) else [])
+        if split is not None and split.holdout_families:
+            held = set(split.holdout_families)
+            inside = [i for i, e in enumerate(students) if e.trace.metadata.get("family") not in held]
+            outside = [i for i, e in enumerate(students) if e.trace.metadata.get("family") in held]
+            report.distribution = {
+                "holdout_families": sorted(held),
+                "trained_families": self._ratio_of(students, teachers, inside),
+                "heldout_families": self._ratio_of(students, teachers, outside),
+            }
+        failed = sorted((e for e in students if e.failed), key=lambda e: (e.overall, e.trace.task_id))
+        report.worst_failures = [_failure_entry(e) for e in failed[: self.section.worst]]
+        t_fail = report.teacher.get("failure_rate")
+        t_acc = 1.0 - t_fail if isinstance(t_fail, (int, float)) else 1.0
+        cal = calibrate_threshold(
+            [(e.confidence or 0.0, e.overall, not e.failed) for e in students],
+            target_quality=float(tq) if tq else 1.0,
+            target_accuracy=t_acc,
+            min_coverage=self.gate.confidence_min_coverage,
+        )
+        report.confidence = asdict(cal)
+
+    @staticmethod
+    def _ratio_of(students: list[ScoredEpisode], teachers: list[ScoredEpisode], idx: list[int]) -> dict[str, Any]:
+        s = [students[i].overall for i in idx]
+        t = [teachers[i].overall for i in idx] if len(teachers) == len(students) else []
+        return {
+            "episodes": len(idx),
+            "student_quality": _mean(s),
+            "teacher_quality": _mean(t),
+            "quality_ratio": (round(statistics.fmean(s) / statistics.fmean(t), 4)
+                              if s and t and statistics.fmean(t) else None),
+            "student_failure_rate": _mean([1.0 if students[i].failed else 0.0 for i in idx]),
+        }
+
+    @staticmethod
+    def _by_family(students: list[ScoredEpisode], teachers: list[ScoredEpisode]) -> dict[str, Any]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, e in enumerate(students):
+            groups[e.trace.metadata.get("family", "unknown")].append(i)
+        out = {}
+        for fam in sorted(groups):
+            idx = groups[fam]
+            d = DistillationEvaluator._ratio_of(students, teachers, idx)
+            if teachers:
+                d["teacher_failure_rate"] = _mean([1.0 if teachers[i].failed else 0.0 for i in idx])
+            d["student_failures"] = dict(Counter(k for i in idx for k in students[i].kinds))
+            out[fam] = d
+        return out

@@ -1,0 +1,93 @@
+"""The promotion gate: is the student good enough to serve?
+
+Exports `GateDecision` and `decide(report, gate)`. Pure: a report (an `EvalReport` or its dict) and
+the `GateSection` thresholds in, a decision with every reason out.
+
+Promoted when all hold (thresholds are settings):
+- `quality_ratio >= quality_ratio_min` (default 0.90): the student's mean trajectory score over the
+  teacher's on the same held-out tasks;
+- `failure_rate < failure_rate_max` (default 5%): the share of held-out episodes with a catastrophic
+  failure (wrong tool, unsafe action, crash, wrong answer);
+- at least `min_eval_tasks` tasks were evaluated.
+Otherwise rejected, with a reason per failed check and the worst failing examples named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trainer.settings import GateSection
+
+__all__ = ["GateDecision", "decide"]
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    status: Literal["promoted", "rejected"]
+    reasons: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.status == "promoted"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reasons": list(self.reasons), "checks": dict(self.checks)}
+
+
+def _get(report: Any, key: str) -> Any:
+    return report.get(key) if isinstance(report, dict) else getattr(report, key, None)
+
+
+def decide(report: Any, gate: GateSection) -> GateDecision:
+    """The gate's decision for an evaluation report (see the module docstring)."""
+    ratio = _get(report, "quality_ratio")
+    failure = _get(report, "failure_rate")
+    student = _get(report, "student") or {}
+    episodes = student.get("episodes") if student else None
+    if episodes is None and (_get(report, "basis") == "offline"):
+        episodes = (_get(report, "offline") or {}).get("conversations")
+    reasons: list[str] = []
+    checks: dict[str, Any] = {
+        "quality_ratio": {"value": ratio, "min": gate.quality_ratio_min},
+        "failure_rate": {"value": failure, "max_exclusive": gate.failure_rate_max},
+        "eval_tasks": {"value": episodes, "min": gate.min_eval_tasks},
+    }
+    if ratio is None:
+        reasons.append("no quality ratio: the student could not be compared with the teacher")
+        checks["quality_ratio"]["passed"] = False
+    else:
+        ok = ratio >= gate.quality_ratio_min
+        checks["quality_ratio"]["passed"] = ok
+        if not ok:
+            teacher_q = (_get(report, "teacher") or {}).get("quality")
+            reasons.append(f"quality_ratio {ratio:.3f} < {gate.quality_ratio_min:.2f} "
+                           f"(student {student.get('quality')} vs teacher {teacher_q})")
+    if failure is None:
+        reasons.append("no catastrophic-failure rate: nothing was evaluated")
+        checks["failure_rate"]["passed"] = False
+    else:
+        ok = failure < gate.failure_rate_max
+        checks["failure_rate"]["passed"] = ok
+        if not ok:
+            kinds = student.get("failures") or (_get(report, "offline") or {}).get("failures") or {}
+            parts = ", ".join(f"{k} {v:.1%}" for k, v in kinds.items() if isinstance(v, (int, float)) and v > 0)
+            reasons.append(f"catastrophic-failure rate {failure:.1%} >= {gate.failure_rate_max:.1%}"
+                           + (f" ({parts})" if parts else ""))
+    if episodes is None or episodes < gate.min_eval_tasks:
+        checks["eval_tasks"]["passed"] = False
+        reasons.append(f"only {episodes or 0} held-out tasks evaluated (< {gate.min_eval_tasks})")
+    else:
+        checks["eval_tasks"]["passed"] = True
+    if reasons:
+        worst = _get(report, "worst_failures") or []
+        if worst:
+            named = "; ".join(
+                f"{w.get('task_id')} [{'/'.join(w.get('kinds') or [])}]: answered {str(w.get('answer'))[:60]!r}, "
+                f"expected {str(w.get('ground_truth'))[:40]!r}"
+                for w in worst[:3]
+            )
+            reasons.append(f"worst failures: {named}")
+        return GateDecision("rejected", reasons, checks)
+    return GateDecision("promoted", [], checks)

@@ -1,0 +1,223 @@
+"""Settings of the trainer: `TrainerSettings` = the shared `StillflowSettings` + a `trainer` section.
+
+Everything is read from the environment (`STILLFLOW_TRAINER__...`, nested with `__`), e.g.
+`STILLFLOW_TRAINER__REGISTRY_DIR=/models`, `STILLFLOW_TRAINER__RETRAIN_THRESHOLD=2000`,
+`STILLFLOW_TRAINER__STUDENT__PRETRAINED=/models/qwen2.5-0.5b`, `STILLFLOW_TRAINER__SFT__MAX_STEPS=400`,
+`STILLFLOW_TRAINER__GATE__QUALITY_RATIO_MIN=0.9`, `STILLFLOW_TRAINER__HOLDOUT_FAMILIES='["recovery"]'`.
+
+Sections (all frozen): `StudentSection` (what is trained: a tiny model from config, or a pretrained
+one, optionally with LoRA), `SFTSection`, `DPOSection`, `EvalSection`, `GateSection`, and
+`TrainerSection` around them. `TrainerSection.quick()` is the `--quick` profile: fewer steps and a
+smaller evaluation, so that a whole job finishes in minutes on two CPU cores.
+
+Light: pydantic only (the CLI imports this module to build its parser).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from stillflow.contracts import ID_PATTERN
+from stillflow.settings import StillflowSettings
+
+__all__ = [
+    "LoraSection",
+    "StudentSection",
+    "SFTSection",
+    "DPOSection",
+    "EvalSection",
+    "GateSection",
+    "TrainerSection",
+    "TrainerSettings",
+    "with_trainer",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LoraSection(_Section):
+    """LoRA adapters (peft) instead of full fine-tuning; merged into the weights before registering."""
+
+    enabled: bool = False
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class StudentSection(_Section):
+    """The student: `pretrained` set → that model and its tokenizer (a local path or a hub id already in
+    the local cache: nothing is downloaded); unset → a tiny model built from the dims below, with a
+    byte-level BPE tokenizer trained on the training corpus."""
+
+    pretrained: str | None = Field(default=None, description="path or id for from_pretrained; None = tiny")
+    arch: Literal["llama", "qwen2"] = "llama"
+    hidden_size: int = Field(default=256, ge=16)
+    num_layers: int = Field(default=4, ge=1)
+    num_heads: int = Field(default=8, ge=1)
+    num_kv_heads: int | None = Field(default=None, ge=1, description="None = num_heads (no GQA)")
+    intermediate_size: int = Field(default=704, ge=16)
+    vocab_size: int = Field(default=3072, ge=300, description="target size of the trained BPE vocabulary")
+    pretokenize: Literal["words", "phrases"] = Field(
+        default="phrases", description="BPE merges within words, or across spaces with identifiers kept apart"
+    )
+    max_position_embeddings: int = Field(default=2048, ge=64)
+    rope_theta: float = Field(default=10_000.0, gt=0)
+    tie_word_embeddings: bool = True
+    copy_warmup_steps: int = Field(
+        default=800, ge=0, description="tiny students: at most this many associative-recall steps before SFT"
+    )
+    copy_warmup_lr: float = Field(default=1e-3, gt=0)
+    copy_warmup_target_loss: float = Field(default=0.3, ge=0, description="the warm-up stops below this loss")
+    tool_descriptions: bool = Field(
+        default=False, description="tiny student's template: render each tool's description, not only its signature"
+    )
+    lora: LoraSection = LoraSection()
+
+    @model_validator(mode="after")
+    def _dims(self) -> StudentSection:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        kv = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {kv}")
+        return self
+
+
+class SFTSection(_Section):
+    """Supervised fine-tuning (trl `SFTTrainer`, loss on assistant turns only)."""
+
+    epochs: float = Field(default=6.0, gt=0)
+    min_steps: int = Field(default=1000, ge=0, description="at least this many steps (small datasets: more epochs)")
+    max_steps: int = Field(default=-1, description="> 0: exactly this many steps (overrides epochs and min_steps)")
+    learning_rate: float = Field(default=2e-3, gt=0, description="tiny students like it high; ~2e-5 for real models")
+    batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=1024, ge=32, description="longer conversations are dropped, not truncated")
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_scheduler: str = "cosine"
+    augment_copies: int = Field(
+        default=0, ge=0, description="identifier-swapped copies of each conversation (trainer.augment)"
+    )
+    logging_steps: int = Field(default=10, ge=1)
+
+
+class DPOSection(_Section):
+    """Preference tuning (trl `DPOTrainer`) on the pairs, from the SFT checkpoint, which is the reference."""
+
+    enabled: bool = True
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = Field(default=-1, description="> 0 overrides epochs")
+    learning_rate: float = Field(default=5e-5, gt=0)
+    beta: float = Field(default=0.1, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=1024, ge=32)
+    sft_weight: float = Field(
+        default=0.2, ge=0, description="weight of an NLL term on the chosen turn (trl loss 'sft'; 0 = pure DPO)"
+    )
+    decision_point: bool = Field(
+        default=True, description="cut chosen/rejected to their first assistant turn (where they diverge)"
+    )
+    min_pairs: int = Field(default=8, ge=1, description="fewer pairs than this: DPO is skipped")
+    logging_steps: int = Field(default=5, ge=1)
+
+
+class EvalSection(_Section):
+    """Evaluation of the student against the teacher on held-out tasks."""
+
+    environment: str | None = Field(
+        default="sim.environment:SimEvalEnvironment",
+        description="module:attribute of the EvalEnvironment factory; None = offline replay only",
+    )
+    environment_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for it")
+    mode: Literal["online", "offline", "both"] = "both"
+    tasks: int = Field(default=60, ge=1, description="held-out tasks the student runs online")
+    offline_examples: int = Field(default=40, ge=0, description="held-out teacher conversations replayed offline")
+    max_turns: int = Field(default=8, ge=1)
+    max_new_tokens: int = Field(default=160, ge=8)
+    worst: int = Field(default=5, ge=0, description="worst failures listed in the report")
+    seed: int = 0
+
+
+class GateSection(_Section):
+    """Promotion gate: quality_ratio >= quality_ratio_min and catastrophic-failure rate < failure_rate_max."""
+
+    quality_ratio_min: float = Field(default=0.90, ge=0)
+    failure_rate_max: float = Field(default=0.05, ge=0, le=1)
+    min_eval_tasks: int = Field(default=10, ge=1, description="fewer evaluated tasks than this: rejected")
+    confidence_min_coverage: float = Field(
+        default=0.05, ge=0, le=1, description="the calibrated threshold must let at least this share through"
+    )
+
+
+class TrainerSection(_Section):
+    """Everything the trainer service is tuned with (`STILLFLOW_TRAINER__...`)."""
+
+    registry_dir: Path = Path("models")
+    model_name: str = Field(default="student", pattern=ID_PATTERN)
+    retrain_threshold: int = Field(default=500, ge=1, description="new SFT examples (from window events) per run")
+    min_training_examples: int = Field(default=200, ge=1, description="and at least this many in total")
+    heldout_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of task ids held out")
+    holdout_families: tuple[str, ...] = Field(
+        default=(), description="task families held out whole (distribution shift); needs family labels"
+    )
+    general_dataset: Path | None = Field(
+        default=None, description="JSONL of general chat conversations ({'messages': [...]}) blended into SFT"
+    )
+    general_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of SFT rows drawn from it")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (None = torch's default)")
+    seed: int = 0
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="`stillflow trainer` /metrics port; 0 = off")
+    poll_timeout_s: float = Field(default=1.0, gt=0)
+    student: StudentSection = StudentSection()
+    sft: SFTSection = SFTSection()
+    dpo: DPOSection = DPOSection()
+    eval: EvalSection = EvalSection()
+    gate: GateSection = GateSection()
+
+    @field_validator("holdout_families")
+    @classmethod
+    def _unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(x.strip() for x in v if x.strip()))
+
+    def model_dir(self) -> Path:
+        return self.registry_dir / self.model_name
+
+    def quick(self) -> TrainerSection:
+        """The `--quick` profile: a whole job (data → SFT → DPO → evaluation → registry) in a few
+        minutes on two CPU cores. Smaller student, fewer steps, a smaller evaluation."""
+        return self.model_copy(
+            update={
+                "student": self.student.model_copy(
+                    update={"hidden_size": 192, "num_layers": 4, "num_heads": 6, "intermediate_size": 512,
+                            "vocab_size": 2048, "copy_warmup_steps": 200, "copy_warmup_lr": 2e-3}
+                ),
+                "sft": self.sft.model_copy(update={"max_steps": 320, "batch_size": 16}),
+                "dpo": self.dpo.model_copy(update={"max_steps": 15, "batch_size": 8}),
+                "eval": self.eval.model_copy(update={"tasks": 24, "offline_examples": 16, "max_turns": 5,
+                                                     "max_new_tokens": 96}),
+            }
+        )
+
+
+class TrainerSettings(StillflowSettings):
+    """Settings of the trainer service (`STILLFLOW_TRAINER__...`)."""
+
+    trainer: TrainerSection = TrainerSection()
+
+
+def with_trainer(settings: StillflowSettings, **updates: Any) -> TrainerSettings:
+    """A copy of `settings` as `TrainerSettings` with `trainer` fields replaced (validated)."""
+    base = settings if isinstance(settings, TrainerSettings) else TrainerSettings(
+        **{k: getattr(settings, k) for k in type(settings).model_fields}
+    )
+    section = TrainerSection.model_validate({**base.trainer.model_dump(), **updates})
+    return base.model_copy(update={"trainer": section})

@@ -1,0 +1,228 @@
+"""Supervised fine-tuning of the student with trl's `SFTTrainer`, loss on the assistant turns only.
+
+Exports `StageResult` (what a training stage produced: checkpoint, steps, time, logged losses) and
+`run_sft(student, rows, section, out_dir, ...)`, plus the helpers shared with `trainer.dpo`:
+`LossRecorder` (a `TrainerCallback` keeping every logged loss), `training_device_args(device)`,
+`save_student(model, tokenizer, path)` (merges LoRA adapters, writes safetensors) and
+`length_filter(tokenizer, rows, max_length)`.
+
+Rows are trl's conversational rows: `{"messages": [...], "tools": "<JSON text>"}`. Conversations
+longer than `max_length` tokens are dropped (counted), not truncated: a truncated agent trace teaches
+an unfinished episode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.settings import SFTSection
+
+if TYPE_CHECKING:
+    from trainer.student import Student
+
+__all__ = [
+    "StageResult",
+    "LossRecorder",
+    "run_sft",
+    "training_device_args",
+    "save_student",
+    "length_filter",
+    "quiet_printer",
+    "planned_steps",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    checkpoint: Path | None
+    steps: int = 0
+    seconds: float = 0.0
+    examples: int = 0
+    dropped: int = 0
+    losses: list[dict[str, float]] = field(default_factory=list)
+    skipped: str | None = None
+
+    @property
+    def first_loss(self) -> float | None:
+        return self.losses[0]["loss"] if self.losses else None
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1]["loss"] if self.losses else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "examples": self.examples,
+            "dropped_too_long": self.dropped,
+            "first_loss": self.first_loss,
+            "final_loss": self.final_loss,
+            "losses": self.losses,
+            "skipped": self.skipped,
+        }
+
+
+def _trainer_callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class LossRecorder:
+    """Built lazily as a `transformers.TrainerCallback` subclass (see `make`)."""
+
+    @staticmethod
+    def make(stage: str, sink: list[dict[str, float]]) -> Any:
+        base = _trainer_callback_base()
+
+        class _Recorder(base):  # type: ignore[misc, valid-type]
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+            ) -> None:
+                if not logs or "loss" not in logs:
+                    return
+                entry = {"step": float(state.global_step)}
+                for k, v in logs.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        entry[k] = float(v)
+                sink.append(entry)
+                extras = " ".join(f"{k}={v:.4g}" for k, v in entry.items() if k not in ("step", "loss"))
+                log.info("%s step %d loss %.4f %s", stage, state.global_step, entry["loss"], extras)
+
+        return _Recorder()
+
+
+def planned_steps(section: SFTSection, n_examples: int) -> int:
+    """`max_steps` when set, else `epochs` over the data but at least `min_steps`."""
+    if section.max_steps > 0:
+        return section.max_steps
+    per_epoch = math.ceil(n_examples / (section.batch_size * section.grad_accum))
+    return max(section.min_steps, math.ceil(section.epochs * per_epoch))
+
+
+def quiet_printer(trainer: Any) -> None:
+    """Drop transformers' `PrinterCallback` (it prints every log dict; `LossRecorder` logs them)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def training_device_args(device: str) -> dict[str, Any]:
+    """TrainingArguments for the device: CPU in fp32; CUDA in bf16 where supported (else fp16)."""
+    import torch
+
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return {"bf16": True, "fp16": False, "use_cpu": False}
+        return {"bf16": False, "fp16": True, "use_cpu": False}
+    if device == "mps":
+        return {"bf16": False, "fp16": False, "use_cpu": False}
+    return {"bf16": False, "fp16": False, "use_cpu": True}
+
+
+def save_student(model: Any, tokenizer: Any, path: Path) -> Path:
+    """Write the model (LoRA merged) as safetensors and its tokenizer; returns `path`."""
+    from trainer.student import merge_lora
+
+    path.mkdir(parents=True, exist_ok=True)
+    plain = merge_lora(model)
+    plain.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def length_filter(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """Rows whose rendered conversation fits in `max_length` tokens, and how many were dropped."""
+    kept, dropped = [], 0
+    for row in rows:
+        tools = row.get("tools")
+        tools = json.loads(tools) if isinstance(tools, str) else tools
+        if "messages" in row:
+            msgs = row["messages"]
+        else:  # a preference row: the longer of the two conversations
+            msgs = row["prompt"] + max(row["chosen"], row["rejected"], key=lambda m: len(json.dumps(m)))
+        n = len(tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=True, return_dict=True)["input_ids"])
+        if n <= max_length:
+            kept.append(row)
+        else:
+            dropped += 1
+    return kept, dropped
+
+
+def run_sft(
+    student: Student,
+    rows: list[dict[str, Any]],
+    section: SFTSection,
+    out_dir: Path,
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> StageResult:
+    """Train `student.model` in place on `rows`; save the checkpoint to `out_dir`."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    t0 = time.perf_counter()
+    if section.augment_copies:
+        from trainer.augment import augment_rows
+
+        rows = augment_rows(rows, section.augment_copies, seed)
+    kept, dropped = length_filter(student.tokenizer, rows, section.max_length)
+    if not kept:
+        raise ValueError(f"no SFT example fits in max_length={section.max_length} tokens ({dropped} dropped)")
+    if dropped:
+        log.warning("SFT: %d of %d conversations are longer than %d tokens and were dropped",
+                    dropped, len(rows), section.max_length)
+    dataset = Dataset.from_list(kept)
+    losses: list[dict[str, float]] = []
+    steps = planned_steps(section, len(kept))
+    config = SFTConfig(
+        output_dir=str(out_dir / "trainer_state"),
+        num_train_epochs=section.epochs,
+        max_steps=steps,
+        per_device_train_batch_size=section.batch_size,
+        gradient_accumulation_steps=section.grad_accum,
+        learning_rate=section.learning_rate,
+        lr_scheduler_type=section.lr_scheduler,
+        warmup_steps=section.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=section.weight_decay,
+        max_length=section.max_length,
+        assistant_only_loss=True,
+        gradient_checkpointing=False,
+        train_sampling_strategy="group_by_length",
+        logging_steps=section.logging_steps,
+        logging_first_step=True,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+        dataset_num_proc=None,
+        **training_device_args(device),
+    )
+    trainer = SFTTrainer(
+        model=student.model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=student.tokenizer,
+        callbacks=[LossRecorder.make("sft", losses)],
+    )
+    quiet_printer(trainer)
+    out = trainer.train()
+    student.model = trainer.model
+    checkpoint = save_student(student.model, student.tokenizer, out_dir)
+    return StageResult("sft", checkpoint, steps=int(out.global_step), seconds=time.perf_counter() - t0,
+                       examples=len(kept), dropped=dropped, losses=losses)
