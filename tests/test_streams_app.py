@@ -138,8 +138,35 @@ async def test_pipeline_gates_every_error_mode(settings, tmp_path) -> None:
             assert len(pair_rows) == len({p.pair_id for p in pairs})
             manifest = json.loads((tmp_path / fmt / "manifest.json").read_text())
             assert manifest["counts"]["sft"] == len(unique) and len(manifest["sft_ids"]) == len(unique)
+        _exported_data_trains_in_trl(tmp_path / "trl", tmp_path / "train")
     finally:
         assert worker.stop() == 0 or worker.log()  # a clean stop; the log explains otherwise
+
+
+def _exported_data_trains_in_trl(export_dir, work) -> None:
+    """The exported trl JSONL trains a tiny student a few steps in trl's SFTTrainer (assistant-only
+    loss) and its pairs in DPOTrainer: losses logged, weights changed."""
+    import torch
+
+    from trainer.data import dpo_rows, load_jsonl, sft_rows
+    from trainer.dpo import run_dpo
+    from trainer.settings import DPOSection, SFTSection, StudentSection
+    from trainer.sft import run_sft
+    from trainer.student import tiny_student
+
+    data = load_jsonl(export_dir)
+    assert data.sft and data.pairs
+    tiny = StudentSection(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=400)
+    student = tiny_student([{"messages": r.messages, "tools": r.tools} for r in data.sft], tiny)
+    before = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
+    sft = run_sft(student, sft_rows(data.sft), SFTSection(max_steps=4, batch_size=4, logging_steps=1),
+                  work / "sft", progress=False)
+    assert sft.steps == 4 and sft.losses and all(e["loss"] > 0 for e in sft.losses)
+    after = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    dpo = run_dpo(student, work / "sft", dpo_rows(data.pairs),
+                  DPOSection(max_steps=2, batch_size=2, logging_steps=1, min_pairs=1), work / "dpo", progress=False)
+    assert dpo.skipped is None and dpo.steps == 2 and dpo.losses
 
 
 async def test_bad_input_is_dead_lettered_and_valid_traffic_untouched(settings, tmp_path) -> None:
