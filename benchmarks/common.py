@@ -8,8 +8,10 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+from stillflow.contracts import AgentTrace
 
 
 @contextlib.contextmanager
@@ -22,6 +24,22 @@ def bench_broker() -> Iterator[str]:
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap_servers
+
+
+def trace_records(traces: Iterable[AgentTrace]) -> list[tuple[str, bytes, bytes, int]]:
+    """Exactly the records the SDK sends for `traces`: (topic role, key, value, timestamp ms), in order."""
+    from stillflow.contracts import TraceOutcomeEvent, TraceStepEvent, encode
+    from stillflow.kafka import timestamp_ms
+
+    out = []
+    for t in traces:
+        for seq, step in enumerate(t.steps):
+            ev = TraceStepEvent(trace_id=t.trace_id, task_id=t.task_id, agent_id=t.agent_id, seq=seq, step=step,
+                                timestamp=step.timestamp)
+            out.append(("steps", t.trace_id.encode(), encode(ev), timestamp_ms(step.timestamp)))
+        oc = TraceOutcomeEvent.from_trace(t)
+        out.append(("outcomes", t.trace_id.encode(), encode(oc), timestamp_ms(oc.timestamp)))
+    return out
 
 
 def emit_result(name: str, result: dict[str, Any]) -> None:

@@ -27,26 +27,17 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from benchmarks.common import bench_broker, emit_result, progress
+from benchmarks.common import bench_broker, emit_result, progress, trace_records
 from sim.policies import make_policy
 from sim.runner import iter_offline
 from stillflow.broker import die_with_parent, free_port
-from stillflow.contracts import TraceOutcomeEvent, TraceStepEvent, encode
-from stillflow.kafka import ensure_named_topics, ensure_topics, make_producer, timestamp_ms, with_bootstrap
+from stillflow.kafka import ensure_named_topics, ensure_topics, make_producer, with_bootstrap
 from stillflow.settings import StillflowSettings, TopicNames
 
 
 def _records(n_traces: int, seed: int) -> list[tuple[str, bytes, bytes, int]]:
     start = datetime.now(UTC) - timedelta(minutes=5)
-    out = []
-    for t in iter_offline(n_traces, make_policy("teacher"), seed=seed, start=start, rate=50.0):
-        for seq, step in enumerate(t.steps):
-            ev = TraceStepEvent(trace_id=t.trace_id, task_id=t.task_id, agent_id=t.agent_id, seq=seq, step=step,
-                                timestamp=step.timestamp)
-            out.append(("steps", t.trace_id.encode(), encode(ev), timestamp_ms(step.timestamp)))
-        oc = TraceOutcomeEvent.from_trace(t)
-        out.append(("outcomes", t.trace_id.encode(), encode(oc), timestamp_ms(oc.timestamp)))
-    return out
+    return trace_records(iter_offline(n_traces, make_policy("teacher"), seed=seed, start=start, rate=50.0))
 
 
 async def _produce(settings: StillflowSettings, records) -> None:

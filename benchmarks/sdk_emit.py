@@ -14,25 +14,11 @@ import statistics
 import time
 import uuid
 
-from benchmarks.common import bench_broker, emit_result, progress
-from stillflow.contracts import TraceOutcomeEvent, TraceStepEvent, encode
-from stillflow.kafka import ensure_topics, make_producer, timestamp_ms, with_bootstrap
+from benchmarks.common import bench_broker, emit_result, progress, trace_records
+from stillflow.kafka import ensure_topics, make_producer, with_bootstrap
 from stillflow.sdk import TraceEmitter
 from stillflow.settings import StillflowSettings, TopicNames
 from tests.helpers import make_trace
-
-
-def _raw_records(traces):
-    """Exactly the records the SDK would send: (key, value, timestamp_ms) in emission order."""
-    out = []
-    for t in traces:
-        for seq, step in enumerate(t.steps):
-            ev = TraceStepEvent(trace_id=t.trace_id, task_id=t.task_id, agent_id=t.agent_id, seq=seq, step=step,
-                                timestamp=step.timestamp)
-            out.append(("steps", t.trace_id.encode(), encode(ev), timestamp_ms(ev.timestamp)))
-        oc = TraceOutcomeEvent.from_trace(t)
-        out.append(("outcomes", t.trace_id.encode(), encode(oc), timestamp_ms(oc.timestamp)))
-    return out
 
 
 async def _raw_round(settings: StillflowSettings, records) -> float:
@@ -62,7 +48,7 @@ async def _sdk_round(settings: StillflowSettings, traces) -> float:
 async def run(n_traces: int, n_steps: int, rounds: int) -> dict:
     with bench_broker() as bootstrap:
         traces = [make_trace(i, n_steps) for i in range(n_traces)]
-        records = _raw_records(traces)
+        records = trace_records(traces)
         n_events = len(records)
         raw_rates, sdk_rates, ratios = [], [], []
         for r in range(rounds + 1):

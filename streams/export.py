@@ -129,28 +129,23 @@ async def export(settings: StillflowSettings, *, out_dir: str | Path, fmt: str =
         report.skipped_before_since += 1
         return False
 
-    sft: dict[str, SFTExample] = {}
-    for raw in await _read_all(settings, settings.topics.dataset_sft, timeout_s):
-        try:
-            ex = decode(raw, SFTExample)
-        except ContractError:
-            report.undecodable += 1
-            continue
-        if ex.example_id in sft:
-            report.duplicates += 1
-        elif keep(ex.window_start):
-            sft[ex.example_id] = ex
-    pairs: dict[str, PreferencePair] = {}
-    for raw in await _read_all(settings, settings.topics.dataset_dpo, timeout_s):
-        try:
-            pair = decode(raw, PreferencePair)
-        except ContractError:
-            report.undecodable += 1
-            continue
-        if pair.pair_id in pairs:
-            report.duplicates += 1
-        elif keep(pair.window_start):
-            pairs[pair.pair_id] = pair
+    async def collect(topic: str, model: type[SFTExample] | type[PreferencePair], id_field: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for raw in await _read_all(settings, topic, timeout_s):
+            try:
+                rec = decode(raw, model)
+            except ContractError:
+                report.undecodable += 1
+                continue
+            rid = getattr(rec, id_field)
+            if rid in out:
+                report.duplicates += 1
+            elif keep(rec.window_start):
+                out[rid] = rec
+        return out
+
+    sft = await collect(settings.topics.dataset_sft, SFTExample, "example_id")
+    pairs = await collect(settings.topics.dataset_dpo, PreferencePair, "pair_id")
     # Sorted by id: the same topic contents always export to the same bytes.
     sft_rows = [sft_row(sft[k], fmt) for k in sorted(sft)]
     dpo_rows = [dpo_row(pairs[k], fmt) for k in sorted(pairs)]
