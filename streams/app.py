@@ -24,7 +24,6 @@ Delivery is at-least-once: record ids derive from trace ids, so redelivery write
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -53,8 +52,7 @@ from streams.assembly import (
     AssemblyState,
     add_outcome,
     add_step,
-    describe_incomplete,
-    dump_state,
+    incomplete_dead_letter,
     is_expired,
 )
 from streams.metrics import StreamsMetrics
@@ -270,10 +268,7 @@ class StreamsApp:
             return  # it moved on since the timer looked
         if not state.completed:
             self.metrics.traces_expired.inc()
-            await self._dead_letter(make_dead_letter(
-                json.dumps(dump_state(state)).encode(), source_topic=self.steps_name, kind="incomplete",
-                reason=describe_incomplete(state), key=trace_id.encode(), service=SERVICE,
-            ))
+            await self._dead_letter(incomplete_dead_letter(state, source_topic=self.steps_name, service=SERVICE))
         del self.assembly[trace_id]
 
     async def _expiry_tick(self) -> None:
