@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -25,6 +25,7 @@ __all__ = [
     "ensure_named_topics",
     "list_topics",
     "timestamp_ms",
+    "read_to_end",
 ]
 
 
@@ -117,3 +118,36 @@ async def list_topics(settings: StillflowSettings) -> dict[str, int]:
     finally:
         await consumer.stop()
 
+
+async def read_to_end(settings: StillflowSettings, topic: str, *, idle_timeout_s: float = 10.0) -> list[bytes]:
+    """Every value of `topic` from the beginning up to its end offsets as of the call: a snapshot
+    that finishes even while producers keep writing. Gives up after `idle_timeout_s` without a
+    record (an offset that never comes, e.g. a compacted gap)."""
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=None,  # type: ignore[arg-type]
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+        while await behind():
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if batch:
+                last = loop.time()
+            elif loop.time() - last > idle_timeout_s:
+                break
+            for records in batch.values():
+                out.extend(r.value for r in records if r.value is not None)
+        return out
+    finally:
+        await consumer.stop()

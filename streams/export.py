@@ -14,7 +14,6 @@ snapshot that finishes even while the pipeline keeps writing.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -22,9 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from stillflow.contracts import ContractError, PreferencePair, SFTExample, decode
+from stillflow.kafka import read_to_end
 from stillflow.settings import StillflowSettings
 
 __all__ = ["ExportReport", "export", "sft_row", "dpo_row", "parse_window_id"]
@@ -77,37 +75,6 @@ def dpo_row(pair: PreferencePair, fmt: str) -> dict[str, Any]:
     return row
 
 
-async def _read_all(settings: StillflowSettings, topic: str, idle_timeout_s: float) -> list[bytes]:
-    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[bytes] = []
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < ends[tp] for tp in tps])
-
-        while await behind():
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            if batch:
-                last = loop.time()
-            elif loop.time() - last > idle_timeout_s:
-                break  # a record below the end offset that never comes (e.g. a compacted gap)
-            for records in batch.values():
-                out.extend(r.value for r in records if r.value is not None)
-        return out
-    finally:
-        await consumer.stop()
-
-
 def _write(path: Path, rows: list[dict[str, Any]]) -> str:
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
     path.write_bytes(data)
@@ -131,7 +98,7 @@ async def export(settings: StillflowSettings, *, out_dir: str | Path, fmt: str =
 
     async def collect(topic: str, model: type[SFTExample] | type[PreferencePair], id_field: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for raw in await _read_all(settings, topic, timeout_s):
+        for raw in await read_to_end(settings, topic, idle_timeout_s=timeout_s):
             try:
                 rec = decode(raw, model)
             except ContractError:

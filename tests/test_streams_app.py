@@ -26,6 +26,7 @@ from stillflow.contracts import (
     decode,
     encode,
 )
+from stillflow.kafka import read_to_end
 from stillflow.sdk import TraceEmitter
 from tests.helpers import read_topics
 from tests.streams_worker import StreamsWorker, streams_env
@@ -61,8 +62,23 @@ async def _scored(settings, expected: int, timeout: float = 120) -> list[ScoredT
     return [decode(r.value, ScoredTrace) for r in recs]
 
 
-async def _decoded(settings, topic: str, model, expected: int = 10**9, timeout: float = 5):
+async def _decoded(settings, topic: str, model, expected: int | None = None, timeout: float = 5):
+    """`expected`: wait up to `timeout` for that many; None: everything written so far (end offsets)."""
+    if expected is None:
+        return [decode(raw, model) for raw in await read_to_end(settings, topic)]
     return [decode(r.value, model) for r in await read_topics(settings, [topic], expected=expected, timeout=timeout)]
+
+
+async def _wait_sft(settings, n_unique: int, timeout: float = 60) -> list[SFTExample]:
+    """SFT examples are written by the window agent, a step behind the scored traces: poll until the
+    expected number of distinct examples is there (or the timeout), then return all of them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        sft = await _decoded(settings, settings.topics.dataset_sft, SFTExample)
+        if len({e.example_id for e in sft}) >= n_unique or loop.time() > deadline:
+            return sft
+        await asyncio.sleep(0.5)
 
 
 async def _wait_windows_cover(settings, n_sft_unique: int, timeout: float = 60) -> list[DatasetWindowClosed]:
@@ -70,7 +86,7 @@ async def _wait_windows_cover(settings, n_sft_unique: int, timeout: float = 60) 
     deadline = loop.time() + timeout
     closed: list[DatasetWindowClosed] = []
     while loop.time() < deadline:
-        closed = await _decoded(settings, settings.topics.dataset_windows, DatasetWindowClosed, timeout=1)
+        closed = await _decoded(settings, settings.topics.dataset_windows, DatasetWindowClosed)
         if sum(w.n_sft for w in {w.window_id: w for w in closed}.values()) >= n_sft_unique:
             return closed
         await asyncio.sleep(1)
@@ -106,7 +122,7 @@ async def test_pipeline_gates_every_error_mode(settings, tmp_path) -> None:
         clean = table["none"]
         assert clean["passed"] >= 0.95 * sum(clean.values())
 
-        sft = await _decoded(settings, settings.topics.dataset_sft, SFTExample, timeout=3)
+        sft = await _wait_sft(settings, sum(s.passed for s in scored))
         unique = {e.example_id: e for e in sft}
         assert unique, "no SFT example written"
         for ex in unique.values():
@@ -117,7 +133,7 @@ async def test_pipeline_gates_every_error_mode(settings, tmp_path) -> None:
         latest = {w.window_id: w for w in windows}
         assert sum(w.n_sft for w in latest.values()) == len(unique)
         assert sum(w.n_traces for w in latest.values()) == len(traces)
-        pairs = await _decoded(settings, settings.topics.dataset_dpo, PreferencePair, timeout=2)
+        pairs = await _decoded(settings, settings.topics.dataset_dpo, PreferencePair)  # written before the windows
         assert sum(w.n_pairs for w in latest.values()) == len({p.pair_id for p in pairs})
         for p in pairs:
             assert p.chosen_score - p.rejected_score > 0.2 or p.metadata.get("rule") == "teacher_student"
@@ -239,7 +255,7 @@ async def test_kill9_midway_and_restart_loses_nothing(settings, tmp_path) -> Non
         latest = {s.trace.trace_id: s for s in scored}
         assert ids <= set(latest), f"missing after restart: {len(ids - set(latest))}\n{second.log()[-2000:]}"
         passing = {tid for tid, s in latest.items() if s.passed}
-        sft = await _decoded(settings, settings.topics.dataset_sft, SFTExample, timeout=3)
+        sft = await _wait_sft(settings, len(passing))
         # every passing trace appears exactly once after dedupe by id, and nothing else does
         assert {e.trace_id for e in {e.example_id: e for e in sft}.values()} == passing
         assert len({e.example_id for e in sft}) == len(passing)
