@@ -2,7 +2,8 @@
 
 From the same simulated teacher traces (default error modes), two datasets: *gated* (what the stream
 keeps: every quality gate passed) and *ungated* (every teacher trace with a final answer). Same student
-config, same number of SFT steps, same held-out tasks, same teacher baseline:
+config, same initial weights (one tokenizer trained on all the traces, one copy warm-up, shared), same
+number of SFT steps, same held-out tasks, same teacher baseline:
 
 - `gated_sft`      — SFT on gated data (the checkpoint DPO starts from);
 - `gated_sft_dpo`  — then DPO on the mined preference pairs (the stream's pairs);
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=1500, help="sim tasks (each run twice by the teacher)")
     ap.add_argument("--steps", type=int, default=1200, help="SFT steps per student (the shared budget)")
     ap.add_argument("--dpo-steps", type=int, default=60)
-    ap.add_argument("--warmup-steps", type=int, default=500, help="copy warm-up steps (trainer.warmup)")
+    ap.add_argument("--warmup-steps", type=int, default=800, help="copy warm-up steps at most (trainer.warmup)")
+    ap.add_argument("--augment", type=int, default=1, help="identifier-swapped copies per example (trainer.augment)")
     ap.add_argument("--eval-tasks", type=int, default=60)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     student_cfg = StudentSection(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                                  intermediate_size=args.hidden * 8 // 3 // 16 * 16, vocab_size=3072,
                                  pretokenize=args.pretokenize)
-    sft_cfg = SFTSection(max_steps=args.steps, batch_size=16, learning_rate=args.lr, logging_steps=100)
+    sft_cfg = SFTSection(max_steps=args.steps, batch_size=16, learning_rate=args.lr, logging_steps=100,
+                         augment_copies=args.augment)
     dpo_cfg = DPOSection(max_steps=args.dpo_steps, batch_size=8, logging_steps=20)
     env = SimEvalEnvironment()
     eval_cfg = EvalSection(tasks=args.eval_tasks, offline_examples=0, mode="online", seed=args.seed + 1)
@@ -128,12 +131,17 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     teacher: dict[str, Any] | None = None
+    # one starting point for both: the tokenizer learns from every trace (the ungated set holds them all)
+    base = tiny_student([{"messages": r.messages, "tools": r.tools} for r in ungated.train_sft], student_cfg,
+                        seed=args.seed)
+    warm = copy_warmup(base, steps=args.warmup_steps, seed=args.seed)
+    progress(f"copy warm-up: {warm.steps} steps in {warm.seconds:.0f} s, loss {warm.final_loss}")
+    initial = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
     for name, split in (("gated", gated), ("ungated", ungated)):
         t0 = time.perf_counter()
-        student = tiny_student([{"messages": r.messages, "tools": r.tools} for r in split.train_sft], student_cfg,
-                               seed=args.seed)
-        warm = copy_warmup(student, steps=args.warmup_steps, seed=args.seed)
-        progress(f"{name} copy warm-up: {warm.steps} steps in {warm.seconds:.0f} s, loss {warm.final_loss}")
+        student = base
+        student.model.load_state_dict(initial)
+        student.model.train()
         sft = run_sft(student, sft_rows(split.train_sft), sft_cfg, work / name / "sft", seed=args.seed, progress=False)
         progress(f"{name} SFT: {sft.steps} steps in {sft.seconds:.0f} s, "
                  f"loss {sft.first_loss:.3f} → {sft.final_loss:.3f}")
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     emit_result("trainer_quality", {
         "config": {"tasks": args.tasks, "sft_steps": args.steps, "dpo_steps": args.dpo_steps,
-                   "warmup_steps": args.warmup_steps,
+                   "warmup_steps": warm.steps, "augment_copies": args.augment,
                    "eval_tasks": args.eval_tasks, "student": student_cfg.model_dump(), "lr": args.lr,
                    "redacted": not args.no_redact},
         "data": {"gated_train": len(gated.train_sft), "ungated_train": len(ungated.train_sft),

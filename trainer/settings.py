@@ -103,7 +103,7 @@ class SFTSection(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     lr_scheduler: str = "cosine"
     augment_copies: int = Field(
-        default=0, ge=0, description="identifier-swapped copies of each conversation (trainer.augment)"
+        default=1, ge=0, description="identifier-swapped copies of each conversation (trainer.augment)"
     )
     logging_steps: int = Field(default=10, ge=1)
 

@@ -13,8 +13,9 @@ digit (loss ≈ ln 10 per digit) and answered 0 held-out tasks correctly.
 What: associative recall over the student's own vocabulary. A sequence binds a few markers (frequent
 tokens) to values (digit strings, sometimes words) amid filler, then asks for them again: marker →
 value, with the loss on the recalled values only. A few hundred steps of it (short sequences, so
-cheap) form the copy circuit; SFT then starts from a model that can copy (same measurement: SFT loss
-0.9 instead of 1.8 and held-out copies mostly right).
+cheap) start the copy circuit; SFT then starts from a model that can copy (same data and budget:
+final SFT loss 0.89 instead of 1.84, and the student began copying ids and names into its tool calls;
+with `trainer.augment` on top, 36% of its held-out tool calls had exactly the teacher's arguments).
 """
 
 from __future__ import annotations
