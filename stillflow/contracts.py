@@ -10,7 +10,9 @@ because they must hold both where events are built (the SDK) and where they are 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -28,6 +30,7 @@ from pydantic import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "MAX_NESTING",
     "TOOL_NAME_PATTERN",
     "ID_PATTERN",
     "Limits",
@@ -108,9 +111,22 @@ def new_id() -> str:
     return b.hex()
 
 
+# Event times a consumer can do arithmetic on: Kafka record timestamps are milliseconds since the
+# epoch (negative ones are refused), and windows add their size to a start without overflowing.
+MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_EVENT_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def _aware(ts: datetime) -> datetime:
     # Naive datetimes are taken as UTC so that event times compare and serialise one way.
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    ts = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    try:
+        in_range = MIN_EVENT_TIME <= ts < MAX_EVENT_TIME
+    except OverflowError:  # an offset that takes it past datetime's range
+        in_range = False
+    if not in_range:
+        raise ValueError(f"timestamp must be from {MIN_EVENT_TIME.year} to {MAX_EVENT_TIME.year - 1}")
+    return ts
 
 
 class _Model(BaseModel):
@@ -424,18 +440,64 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# Nesting allowed in one record. pydantic refuses to serialise beyond ~255 levels, and a consumer wraps
+# what it decodes (a step's tool_args end up several levels deeper inside a ScoredTrace), so a record
+# that decodes must stay well below that or its consumer could not write what it derives from it.
+MAX_NESTING = 64
+# An escaped UTF-16 surrogate (\\uD800-\\uDFFF): json.loads turns a lone one into a str that cannot be
+# encoded as UTF-8 again. Searched on the raw bytes so that only such records pay for the full check.
+_ESCAPED_SURROGATE = re.compile(rb"\\[uU][dD][89abcdefABCDEF]")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _nonfinite(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(obj: Any) -> int:
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict | list):
+            if d > deepest:
+                deepest = d
+                if d > MAX_NESTING:
+                    return d
+            stack.extend((child, d + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def decode(raw: bytes | str, model: type[E]) -> E:
-    """Parse and validate one record. Raises `ContractError` with kind oversize|invalid_json|schema."""
-    data = raw.encode() if isinstance(raw, str) else raw
+    """Parse and validate one record. Raises `ContractError` with kind oversize|invalid_json|schema.
+
+    What decodes can be encoded again: NaN/Infinity (and numbers that overflow to it), lone surrogate
+    escapes and nesting deeper than `MAX_NESTING` are refused here rather than failing a consumer later.
+    """
+    data = raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw
     limit = _limits.max_event_bytes
     if len(data) > limit:
         raise ContractError("oversize", f"record is {len(data)} bytes, the limit is {limit}")
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        obj = json.loads(data, parse_float=_finite, parse_constant=_nonfinite)
+    except RecursionError:
+        raise ContractError("invalid_json", "not JSON: nesting too deep") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, ints over Python's digit limit, ...
         raise ContractError("invalid_json", f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ContractError("schema", f"expected a JSON object for {model.__name__}, got {type(obj).__name__}")
+    if (data.count(b"{") + data.count(b"[") > MAX_NESTING) and _depth(obj) > MAX_NESTING:
+        raise ContractError("schema", f"{model.__name__}: nested deeper than {MAX_NESTING} levels")
+    if _ESCAPED_SURROGATE.search(data) is not None:
+        try:
+            json.dumps(obj, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ContractError("invalid_json", "a lone UTF-16 surrogate escape is not Unicode text") from None
     try:
         return model.model_validate(obj)
     except ValidationError as exc:

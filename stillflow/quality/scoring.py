@@ -165,7 +165,12 @@ def check_tool_calls(trace: AgentTrace) -> list[ToolCallCheck]:
             )
             continue
         args = step.tool_args if step.tool_args is not None else {}
-        err = next(iter(v.iter_errors(args)), None)
+        try:
+            err = next(iter(v.iter_errors(args)), None)
+        except Exception as exc:  # a schema that checks but cannot be applied ($ref loops, unresolvable refs)
+            checks.append(ToolCallCheck(i, name, step.tool_call_id, True, False,
+                                        f"the tool's schema cannot be applied: {type(exc).__name__}"))
+            continue
         if err is None:
             checks.append(ToolCallCheck(i, name, step.tool_call_id, True, True))
         else:
