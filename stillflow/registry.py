@@ -1,5 +1,8 @@
 """The model registry on disk: versions, their integrity, their status, and the events that announce them.
 
+Shared by the trainer (which writes versions) and the router (which loads them); pure Python (hashlib,
+the filesystem), so it imports light.
+
 Layout (one directory per model, one per version; nothing but the filesystem):
 
     <registry>/<model>/

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.registry import IntegrityError, ModelRegistry, RegistryError, sha256_file
+from stillflow.registry import IntegrityError, ModelRegistry, RegistryError, sha256_file
 
 
 def _model_dir(tmp_path: Path, tag: str) -> Path:

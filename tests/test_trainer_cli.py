@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stillflow.cli import build_parser, main
-from trainer.registry import ModelRegistry
+from stillflow.registry import ModelRegistry
 
 
 def _registered(tmp_path: Path, n: int = 2) -> ModelRegistry:

@@ -6,8 +6,8 @@ import json
 from typing import Any, ClassVar
 
 from sim.environment import SimEvalEnvironment
+from stillflow.chatformat import IM_END
 from stillflow.settings import StillflowSettings
-from trainer.chat_template import IM_END
 from trainer.environment import load_environment
 from trainer.evaluate import DistillationEvaluator, Generation, offline_replay, run_student_episode, score_episode
 from trainer.settings import EvalSection, GateSection

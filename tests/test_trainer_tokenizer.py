@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from trainer.chat_template import IM_END, TOOL_CALL_END, TOOL_CALL_START, OutputFormatError, parse_assistant
+from stillflow.chatformat import IM_END, TOOL_CALL_END, TOOL_CALL_START, OutputFormatError, parse_assistant
 from trainer.tokenizer import train_tokenizer
 
 

@@ -84,9 +84,9 @@ def test_from_pretrained_on_a_saved_directory_and_lora(tmp_path: Path) -> None:
 
 
 def test_whole_job_registers_a_version_with_every_figure(tmp_path: Path) -> None:
+    from stillflow.registry import ModelRegistry
     from trainer.data import load_jsonl
     from trainer.job import TrainingJob
-    from trainer.registry import ModelRegistry
 
     examples, pairs, _ = generate_sim_data(n_tasks=60, runs_per_task=2, seed=4)
     write_export(tmp_path / "export", examples, pairs)

@@ -11,7 +11,7 @@ One module per job (each says what it exports):
 - `trainer.evaluate`     — `DistillationEvaluator`: the student as an agent vs the teacher, offline replay,
                            confidence calibration;
 - `trainer.gate`         — promote or reject;
-- `trainer.registry`     — `ModelRegistry`: versions on disk with sha256 manifests;
+- `stillflow.registry`   — `ModelRegistry` (shared with the router): versions on disk with sha256 manifests;
 - `trainer.job`          — one whole job; `trainer.consumer` — the retrain consumer;
 - `trainer.metrics`      — Prometheus metrics; `trainer.cli` — `stillflow trainer | train | models`.
 
@@ -54,8 +54,8 @@ _LAZY = {
     "DistillationEvaluator": "trainer.evaluate",
     "EvalEnvironment": "trainer.environment",
     "decide": "trainer.gate",
-    "ModelRegistry": "trainer.registry",
-    "IntegrityError": "trainer.registry",
+    "ModelRegistry": "stillflow.registry",
+    "IntegrityError": "stillflow.registry",
     "TrainingJob": "trainer.job",
     "RetrainConsumer": "trainer.consumer",
 }

@@ -1,8 +1,8 @@
-"""The tiny student's chat template, and the parser that reads its output back as tool calls.
+"""The tiny student's chat template.
 
-Exports `IM_START`, `IM_END`, `TOOL_CALL_START`, `TOOL_CALL_END`, `SPECIAL_TOKENS`,
-`build_chat_template(tool_descriptions=False)`, `ParsedTurn`, `parse_assistant(text)` and
-`OutputFormatError`.
+Exports `build_chat_template(tool_descriptions=False)`. The markers it uses and the parser that reads
+the output back (`parse_assistant`, `ParsedTurn`, `OutputFormatError`) live in `stillflow.chatformat`,
+which the router shares.
 
 The template is ChatML with tools (as Qwen2 renders them, made compact for a small model):
 
@@ -30,31 +30,7 @@ Every assistant turn, its `<|im_end|>` included, is wrapped in `{% generation %}
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
-from dataclasses import dataclass, field
-from typing import Any
-
-__all__ = [
-    "IM_START",
-    "IM_END",
-    "PAD",
-    "TOOL_CALL_START",
-    "TOOL_CALL_END",
-    "SPECIAL_TOKENS",
-    "build_chat_template",
-    "OutputFormatError",
-    "ParsedTurn",
-    "parse_assistant",
-]
-
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-PAD = "<|endoftext|>"
-TOOL_CALL_START = "<tool_call>"
-TOOL_CALL_END = "</tool_call>"
-SPECIAL_TOKENS = (PAD, IM_START, IM_END, TOOL_CALL_START, TOOL_CALL_END)
+__all__ = ["build_chat_template"]
 
 _TOOLS_SIGNATURE = """
 {%- for tool in tools -%}
@@ -121,69 +97,3 @@ def build_chat_template(*, tool_descriptions: bool = False) -> str:
     tool's description after its signature (longer prompts; useful for bigger students)."""
     tools = _TOOLS_SIGNATURE.replace("DESCRIBE", "true" if tool_descriptions else "false").strip()
     return _TEMPLATE.replace("TOOLS_SIGNATURE", tools).strip()
-
-
-class OutputFormatError(ValueError):
-    """Model output that cannot be read as an assistant turn (e.g. a tool call that is not JSON)."""
-
-
-@dataclass(frozen=True)
-class ParsedCall:
-    name: str
-    arguments: Any  # usually a dict; whatever JSON the model wrote
-
-
-@dataclass(frozen=True)
-class ParsedTurn:
-    """One assistant turn: its text (reasoning, or the answer) and its tool calls."""
-
-    content: str
-    calls: tuple[ParsedCall, ...] = field(default_factory=tuple)
-
-    @property
-    def is_final(self) -> bool:
-        return not self.calls
-
-    def message(self, call_ids: list[str] | None = None) -> dict[str, Any]:
-        """The OpenAI-shaped assistant message (arguments as JSON text)."""
-        msg: dict[str, Any] = {"role": "assistant", "content": self.content}
-        if self.calls:
-            ids = call_ids or [f"call_{i}" for i in range(len(self.calls))]
-            msg["tool_calls"] = [
-                {"id": cid, "type": "function",
-                 "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
-                for cid, c in zip(ids, self.calls, strict=False)
-            ]
-        return msg
-
-
-_CALL_RX = re.compile(re.escape(TOOL_CALL_START) + r"(.*?)" + re.escape(TOOL_CALL_END), re.S)
-
-
-def parse_assistant(text: str) -> ParsedTurn:
-    """Read generated text (up to `<|im_end|>`, which may be present or not) as an assistant turn.
-
-    Raises `OutputFormatError` for a tool call that is not a JSON object with a string `name`, or an
-    opened `<tool_call>` that is never closed (the output was cut off)."""
-    body = text.split(IM_END, 1)[0]
-    first = body.find(TOOL_CALL_START)
-    if first < 0:
-        return ParsedTurn(body.strip())
-    content = body[:first].strip()
-    calls: list[ParsedCall] = []
-    for m in _CALL_RX.finditer(body):
-        raw = m.group(1).strip()
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise OutputFormatError(f"tool call is not JSON ({exc.msg} at {exc.pos}): {raw[:120]!r}") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
-            raise OutputFormatError(f"tool call without a name: {raw[:120]!r}")
-        args = obj.get("arguments", {})
-        if isinstance(args, str):  # arguments given as JSON text
-            with contextlib.suppress(json.JSONDecodeError):
-                args = json.loads(args)
-        calls.append(ParsedCall(obj["name"], args))
-    if body.count(TOOL_CALL_START) != len(calls):
-        raise OutputFormatError("a <tool_call> was opened but never closed (output cut off?)")
-    return ParsedTurn(content, tuple(calls))

@@ -226,7 +226,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from trainer.registry import ModelRegistry
+    from stillflow.registry import ModelRegistry
 
     s = _settings(args).trainer
     return ModelRegistry(s.registry_dir, s.model_name)
@@ -252,7 +252,7 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from trainer.registry import IntegrityError, RegistryError
+    from stillflow.registry import IntegrityError, RegistryError
 
     reg = _registry(args)
     try:

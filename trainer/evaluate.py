@@ -2,7 +2,8 @@
 
 Exports
 - `StudentRuntime` — greedy generation of one assistant turn with its token log-probabilities;
-- `turn_confidence(logprobs)` and `episode_confidence(turns)` — the confidence function (below);
+- `turn_confidence(logprobs)` and `episode_confidence(turns)` — the confidence function (below; defined
+  in `stillflow.chatformat`, which the router shares);
 - `run_student_episode(runtime, env, task, ...)` → `Episode`: the student as an agent in the
   environment (generate a turn, parse `<tool_call>`s, execute them, feed the results back, until a
   final answer), recorded as an `AgentTrace`;
@@ -40,8 +41,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from stillflow.chatformat import (
+    CONFIDENCE_FUNCTION,
+    IM_END,
+    OutputFormatError,
+    episode_confidence,
+    parse_assistant,
+    turn_confidence,
+)
 from stillflow.contracts import ID_PATTERN, TOOL_NAME_PATTERN, AgentTrace, TraceStep
-from trainer.chat_template import IM_END, OutputFormatError, parse_assistant
 from trainer.environment import EvalEnvironment, EvalTask, task_opening, task_tools
 
 if TYPE_CHECKING:
@@ -72,10 +80,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FAILURE_KINDS = ("wrong_tool", "unsafe_action", "crash", "wrong_answer")
-CONFIDENCE_FUNCTION = {
-    "turn": "exp(mean(log p(token))) over the generated tokens of the assistant turn (greedy, end-of-turn included)",
-    "episode": "min over the turns",
-}
 _ID_RX = re.compile(ID_PATTERN)
 _TOOL_RX = re.compile(TOOL_NAME_PATTERN)
 
@@ -95,18 +99,6 @@ class Generation:
     @property
     def confidence(self) -> float:
         return turn_confidence(self.logprobs)
-
-
-def turn_confidence(logprobs: Sequence[float]) -> float:
-    """exp(mean token log-probability): the geometric-mean token probability, in (0, 1]; 0 without tokens."""
-    if not logprobs:
-        return 0.0
-    return float(math.exp(sum(logprobs) / len(logprobs)))
-
-
-def episode_confidence(turns: Sequence[float]) -> float:
-    """The least confident turn (the router escalates at the first turn below the threshold)."""
-    return float(min(turns)) if turns else 0.0
 
 
 class StudentRuntime:

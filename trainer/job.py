@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from stillflow.contracts import ModelVersionEvent
+from stillflow.registry import ModelRegistry, VersionInfo
 from trainer.data import DataError, DataSplit, TrainingData, data_manifest, dpo_rows, sft_rows, split_data
 from trainer.environment import EvalEnvironment
 from trainer.gate import GateDecision, decide
 from trainer.metrics import TrainerMetrics
-from trainer.registry import ModelRegistry, VersionInfo
 from trainer.settings import TrainerSection, TrainerSettings
 
 __all__ = ["JobResult", "TrainingJob", "load_general_rows"]

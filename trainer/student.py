@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.chat_template import IM_END, build_chat_template
+from stillflow.chatformat import IM_END
+from trainer.chat_template import build_chat_template
 from trainer.settings import LoraSection, StudentSection
 
 if TYPE_CHECKING:

@@ -23,15 +23,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from trainer.chat_template import (
+from stillflow.chatformat import (
     IM_END,
     IM_START,
     PAD,
     SPECIAL_TOKENS,
     TOOL_CALL_END,
     TOOL_CALL_START,
-    build_chat_template,
 )
+from trainer.chat_template import build_chat_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
