@@ -444,9 +444,10 @@ def _describe(err: ValidationError) -> str:
 # what it decodes (a step's tool_args end up several levels deeper inside a ScoredTrace), so a record
 # that decodes must stay well below that or its consumer could not write what it derives from it.
 MAX_NESTING = 64
-# An escaped UTF-16 surrogate (\\uD800-\\uDFFF): json.loads turns a lone one into a str that cannot be
-# encoded as UTF-8 again. Searched on the raw bytes so that only such records pay for the full check.
-_ESCAPED_SURROGATE = re.compile(rb"\\[uU][dD][89abcdefABCDEF]")
+# A UTF-16 surrogate, escaped (\\uD800-\\uDFFF) or UTF-8-encoded (ED A0..BF, which json.loads lets
+# through): a lone one becomes a str that cannot be encoded as UTF-8 again. Searched on the raw bytes
+# so that only such records pay for the full check.
+_SURROGATE = re.compile(rb"\\[uU][dD][89abcdefABCDEF]|\xed[\xa0-\xbf]")
 
 
 def _finite(text: str) -> float:
@@ -493,11 +494,11 @@ def decode(raw: bytes | str, model: type[E]) -> E:
         raise ContractError("schema", f"expected a JSON object for {model.__name__}, got {type(obj).__name__}")
     if (data.count(b"{") + data.count(b"[") > MAX_NESTING) and _depth(obj) > MAX_NESTING:
         raise ContractError("schema", f"{model.__name__}: nested deeper than {MAX_NESTING} levels")
-    if _ESCAPED_SURROGATE.search(data) is not None:
+    if _SURROGATE.search(data) is not None:
         try:
             json.dumps(obj, ensure_ascii=False).encode()
         except UnicodeEncodeError:
-            raise ContractError("invalid_json", "a lone UTF-16 surrogate escape is not Unicode text") from None
+            raise ContractError("invalid_json", "a lone UTF-16 surrogate is not Unicode text") from None
     try:
         return model.model_validate(obj)
     except ValidationError as exc:

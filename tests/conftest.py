@@ -19,6 +19,9 @@ from stillflow.kafka import ensure_topics, with_bootstrap
 from stillflow.settings import KafkaSettings, StillflowSettings, TopicNames
 from tests.helpers import docker_engine_problem
 
+# Counts fuzzed inputs per decoder and prints them in the terminal summary.
+pytest_plugins = ["tests.fuzz_counts"]
+
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
