@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -203,27 +202,8 @@ async def running_server(
     settings: SimSettings | None = None, *, host: str = "127.0.0.1", port: int = 0, policy: Policy | None = None,
 ) -> AsyncIterator[str]:
     """Serve the teacher inside the running event loop; yields its base URL (``http://host:port/v1``)."""
-    import uvicorn
+    from stillflow.serving import serving
 
     settings = settings or SimSettings()
-    # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets of that proto (else Nagle
-    # and delayed ACKs add ~40 ms to every keep-alive request)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    bound = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings, policy=policy), log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()  # raises what stopped it
-                raise RuntimeError("the teacher server stopped before it started")
-            await asyncio.sleep(0.01)
-        yield f"http://{host}:{bound}/v1"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-        sock.close()
+    async with serving(create_app(settings, policy=policy), host=host, port=port) as (h, bound):
+        yield f"http://{h}:{bound}/v1"

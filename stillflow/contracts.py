@@ -390,17 +390,28 @@ class ModelVersionEvent(Event):
 
 
 class RouteDecision(Event):
+    """How the router served one request. `reason` says why the server was chosen: the student was
+    confident, or below its threshold, or the trace was escalated before (`sticky`), or no student is
+    loaded, shadow mode, the student failed (`student_error`), wrote output that is not a valid turn
+    (`invalid_output`: unreadable, cut off, a tool the request does not offer) or was saturated
+    (`student_busy`). `served_by` is "none" (and `error` says why) when nobody could answer."""
+
     trace_id: str = Field(pattern=ID_PATTERN)
     request_id: str = Field(pattern=ID_PATTERN)
-    served_by: str  # a model version or "teacher"
+    served_by: str  # a model version, "teacher", or "none" (the request failed: see `error`)
     student_version: str | None = None
     confidence: float | None = None
     threshold: float | None = None
     reason: Literal[
-        "confident", "below_threshold", "sticky", "no_student", "shadow", "canary_skip", "student_error"
+        "confident", "below_threshold", "sticky", "no_student", "shadow", "canary_skip", "student_error",
+        "invalid_output", "student_busy",
     ]
     shadow: bool = False
     latency_seconds: float = Field(default=0.0, ge=0)
+    canary: bool = False  # the student consulted was the canary (candidate) version
+    would_serve: str | None = None  # shadow mode: who would have served without shadow
+    agrees: bool | None = None  # shadow mode: the student's turn has the teacher's tool calls (or both answer)
+    error: str | None = None
 
 
 class DeadLetter(Event):
