@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -107,7 +108,17 @@ def _env(s: StillflowSettings) -> dict[str, str]:
     return env
 
 
-async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, log_dir: Path) -> list[float]:
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process (Linux /proc), to tell work from waiting on a shared machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, log_dir: Path,
+                 cpu_us: list[float]) -> list[float]:
     s = await _settings(bootstrap)
     env = _env(s)
     app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
@@ -127,6 +138,8 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
         out_topic, per_round_out = s.topics.traces_scored, n_traces
         if os.environ.get("BENCH_PROFILE"):  # cProfile the pipeline worker (written when it stops)
             cmd = [sys.executable, "-m", "cProfile", "-o", os.environ["BENCH_PROFILE"], *cmd[1:]]
+        elif os.environ.get("BENCH_PYSPY"):  # sampling profile (collapsed stacks), for low-overhead attribution
+            cmd = ["py-spy", "record", "--format", "raw", "-r", "250", "-o", os.environ["BENCH_PYSPY"], "--", *cmd]
     with open(log_dir / f"{kind}.log", "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     out = _Output(bootstrap, out_topic)
@@ -135,10 +148,11 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
     try:
         await _wait_ready(port, proc)
         for i, records in enumerate(rounds):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _cpu_seconds(proc.pid)
             await _produce(s, records)
             await out.wait_for((i + 1) * per_round_out, timeout=600)
             rates.append(len(records) / (time.perf_counter() - t0))
+            cpu_us.append(1e6 * (_cpu_seconds(proc.pid) - c0) / len(records))
         if kind == "pipeline":  # keep the worker's own timings beside the logs
             import httpx
 
@@ -148,7 +162,10 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
         return rates
     finally:
         await out.consumer.stop()
-        proc.terminate()
+        if kind == "pipeline" and os.environ.get("BENCH_PYSPY"):
+            proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT, then stops the worker
+        else:
+            proc.terminate()
         proc.wait(30)
 
 
@@ -178,10 +195,14 @@ async def run(n_traces: int, n_rounds: int) -> dict:
         progress(f"{n_rounds} rounds of ~{n_events} events ({n_traces} traces) + warm-up; logs in {log_dir}")
         raw = (await _raw(bootstrap, rounds))[1:]
         progress(f"raw aiokafka consumer: {[round(x) for x in raw]} events/s")
-        noop = (await _faust(bootstrap, rounds, "noop", n_traces, log_dir))[1:]
-        progress(f"faust no-op agent:     {[round(x) for x in noop]} events/s")
-        pipe = (await _faust(bootstrap, rounds, "pipeline", n_traces, log_dir))[1:]
-        progress(f"streams pipeline:      {[round(x) for x in pipe]} events/s")
+        noop_cpu: list[float] = []
+        pipe_cpu: list[float] = []
+        noop = (await _faust(bootstrap, rounds, "noop", n_traces, log_dir, noop_cpu))[1:]
+        progress(f"faust no-op agent:     {[round(x) for x in noop]} events/s, "
+                 f"{[round(x) for x in noop_cpu[1:]]} CPU µs/event")
+        pipe = (await _faust(bootstrap, rounds, "pipeline", n_traces, log_dir, pipe_cpu))[1:]
+        progress(f"streams pipeline:      {[round(x) for x in pipe]} events/s, "
+                 f"{[round(x) for x in pipe_cpu[1:]]} CPU µs/event")
     raw_m, noop_m, pipe_m = statistics.median(raw), statistics.median(noop), statistics.median(pipe)
     ratio = pipe_m / noop_m
     return {
@@ -194,6 +215,10 @@ async def run(n_traces: int, n_rounds: int) -> dict:
         "pipeline_traces_per_s": round(pipe_m * n_traces / n_events, 1),
         "ratio_pipeline_over_noop": round(ratio, 3),
         "ratio_noop_over_raw": round(noop_m / raw_m, 3),
+        # worker CPU per event (user + system): what the ratio is made of, and steadier than wall-clock
+        # rates when something else runs on the machine
+        "noop_cpu_us_per_event": round(statistics.median(noop_cpu[1:]), 1),
+        "pipeline_cpu_us_per_event": round(statistics.median(pipe_cpu[1:]), 1),
         "target_ratio": 0.5,
         "meets_target": ratio >= 0.5,
     }

@@ -24,6 +24,7 @@ Delivery is at-least-once: record ids derive from trace ids, so redelivery write
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ from stillflow.contracts import (
     ContractError,
     DeadLetter,
     OffsetRange,
-    SFTExample,
     TraceOutcomeEvent,
     TraceStepEvent,
     encode,
@@ -59,6 +59,7 @@ from streams.metrics import StreamsMetrics
 from streams.pairs import PairCandidate, mine_pairs
 from streams.pipeline import TracePipeline
 from streams.settings import StreamsSettings
+from streams.table_codec import TABLE_CODEC
 from streams.tables import as_model
 from streams.windows import (
     WindowBook,
@@ -87,14 +88,38 @@ class _WindowItem(BaseModel):
     """What the assembling agent tells the window agent about one scored trace. Private to this app
     (its internal topic), not a contract between services."""
 
-    event_time: datetime
+    event_time: datetime  # the trace's, which is also its SFT example's
     passed: bool
-    example: SFTExample | None = None
-    candidate: PairCandidate  # without messages when `example` carries the same ones
+    example_id: str | None = None
+    # The SFT example as encoded for its topic: the window agent forwards the bytes without parsing them
+    # again, and reads the messages back only to keep a pair candidate (which then comes without them).
+    example_json: str | None = None
+    candidate: PairCandidate
+
+
+class _WindowBatch(BaseModel):
+    """The window items of one assembler batch, in one record: one send, one window-agent event and one
+    book write per batch instead of per trace (a hop through faust costs about a no-op event)."""
+
+    items: list[_WindowItem]
 
 
 BOOK_KEY = "__book__"
 _TICK = b"tick"
+
+
+@dataclass
+class _WindowWork:
+    """The window agent's working set for one record: the book and the candidate lists it touched
+    (None: delete), written back once at the end (`StreamsApp._flush_window_work`)."""
+
+    book: WindowBook
+    candidates: dict[str, list[PairCandidate] | None] = field(default_factory=dict)
+
+    def candidates_of(self, key: str, table: Any) -> list[PairCandidate]:
+        if key in self.candidates:
+            return self.candidates[key] or []
+        return [as_model(PairCandidate, c) for c in table.get(key) or []]
 
 
 @dataclass
@@ -149,19 +174,19 @@ class StreamsApp:
         self.expire_topic = app.topic(self.expire_name, partitions=partitions, internal=True, **_RAW)
         self.windows_topic = app.topic(self.windows_name, partitions=1, internal=True, **_RAW)
         self.dlq_topic = app.topic(t.dlq, **_RAW)
-        self.scored_topic = app.topic(t.traces_scored, **_RAW)
-        self.sft_topic = app.topic(t.dataset_sft, **_RAW)
-        self.dpo_topic = app.topic(t.dataset_dpo, **_RAW)
         self.closed_topic = app.topic(t.dataset_windows, **_RAW)
 
         # use_partitioner: changelog records are partitioned by key hash, which for trace_id keys is the
         # source partition (the SDK keys by trace_id with the same murmur2 partitioner); this lets a
         # batch write its traces after the fact instead of inside each event's context.
-        self.assembly = app.Table("assembly", default=None, partitions=partitions, key_type=str,
+        def schema() -> faust.Schema:
+            return faust.Schema(key_type=str, value_serializer=TABLE_CODEC)
+
+        self.assembly = app.Table("assembly", default=None, partitions=partitions, schema=schema(),
                                   use_partitioner=True)
-        self.references = app.Table("references", default=None, partitions=partitions, key_type=str,
+        self.references = app.Table("references", default=None, partitions=partitions, schema=schema(),
                                     use_partitioner=True)
-        self.windows = app.Table("windows", default=None, partitions=1, key_type=str)
+        self.windows = app.Table("windows", default=None, partitions=1, schema=schema())
 
         self._pending: dict[str, _PendingWindow] = {}
         self._last_item_wall = time.monotonic()
@@ -180,6 +205,13 @@ class StreamsApp:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    async def _produce(self, topic: str, key: bytes | None, value: bytes, timestamp: float | None = None) -> Any:
+        """Hand one output record to faust's aiokafka producer and return its delivery future (its result is
+        the RecordMetadata). Not through faust's topic buffer: that path (FutureMessage, buffer task, sensors)
+        cost about as much per record as the agent's own work. At-least-once still holds: faust flushes this
+        same producer before it commits the input offsets."""
+        return await self.app.producer.send(topic, key, value, partition=None, timestamp=timestamp, headers=None)
+
     async def _dead_letter(self, letter: DeadLetter) -> None:
         self.metrics.dead_letters.labels(letter.kind).inc()
         raw = encode_letter(letter)
@@ -197,13 +229,34 @@ class StreamsApp:
         async for events in stream.take_events(s.batch_max_events, within=s.batch_within_s):
             t0 = time.perf_counter()
             touched: dict[str, AssemblyState] = {}
+            items: list[_WindowItem] = []
             for event in events:
-                await self._assemble_one(event, touched)
+                await self._assemble_one(event, touched, items)
             for key, state in touched.items():
                 self.assembly[key] = state  # use_partitioner: the changelog partition follows the key
+            await self._send_window_items(items)
             self.metrics.processing_seconds.labels("assemble_batch").observe(time.perf_counter() - t0)
 
-    async def _assemble_one(self, event: Any, touched: dict[str, AssemblyState]) -> None:
+    async def _send_window_items(self, items: list[_WindowItem]) -> None:
+        """One record per batch, split so that a record stays well under the producer's request size."""
+        limit = max(64 * 1024, self.settings.streams.producer_max_batch_bytes // 2)
+        chunk: list[str] = []
+        size = 0
+        for item in items:
+            raw = item.model_dump_json()
+            if chunk and size + len(raw) > limit:
+                await self._send_window_chunk(chunk)
+                chunk, size = [], 0
+            chunk.append(raw)
+            size += len(raw) + 1
+        if chunk:
+            await self._send_window_chunk(chunk)
+
+    async def _send_window_chunk(self, raws: list[str]) -> None:
+        value = ('{"items":[' + ",".join(raws) + "]}").encode()  # each item is already JSON
+        await self._produce(self.windows_name, b"w", value)  # one partition: batches keep their order
+
+    async def _assemble_one(self, event: Any, touched: dict[str, AssemblyState], items: list[_WindowItem]) -> None:
         s = self.settings.streams
         m = self.metrics
         msg = event.message
@@ -255,7 +308,9 @@ class StreamsApp:
         if res.trace is not None:
             m.traces_completed.inc()
             t1 = time.perf_counter()
-            await self._score(res.trace)
+            item = await self._score(res.trace)
+            if item is not None:
+                items.append(item)
             m.processing_seconds.labels("score").observe(time.perf_counter() - t1)
 
     async def _expire(self, trace_id: str) -> None:
@@ -288,8 +343,9 @@ class StreamsApp:
 
     # -- 2. scoring -----------------------------------------------------------------------------
 
-    async def _score(self, trace: AgentTrace) -> None:
-        """Score, gate, format and redact a whole trace; publish the verdict and the window item."""
+    async def _score(self, trace: AgentTrace) -> _WindowItem | None:
+        """Score, gate, format and redact a whole trace; publish the verdict and return the window item
+        (None when the trace went to the DLQ)."""
         s = self.settings.streams
         m = self.metrics
         ref = self.references.get(trace.task_id)
@@ -313,15 +369,24 @@ class StreamsApp:
                 None, source_topic=self.outcomes_name, key=trace.trace_id.encode(), kind=exc.kind,
                 reason=f"scored trace {trace.trace_id}: {exc.message}", service=SERVICE,
             ))
-            return
-        # send_soon: into faust's producer buffer without waiting for batch space; faust flushes the
-        # buffer before it commits offsets, so at-least-once holds (awaiting each send made the
-        # assembler wait on the producer once per trace).
-        self.scored_topic.send_soon(key=trace.task_id.encode(), value=scored, timestamp=_ts(trace.timestamp))
-        cand = p.candidate if p.example is None else p.candidate.model_copy(update={"messages": None})
-        item = _WindowItem(event_time=trace.timestamp, passed=p.verdict.passed, example=p.example, candidate=cand)
-        self.windows_topic.send_soon(key=b"w", value=item.model_dump_json().encode(), timestamp=_ts(trace.timestamp))
+            return None
+        await self._produce(self.settings.topics.traces_scored, trace.task_id.encode(), scored, _ts(trace.timestamp))
+        example_json: str | None = None
+        cand = p.candidate
+        if p.example is not None:
+            try:
+                example_json = encode(p.example).decode()
+            except ContractError as exc:  # the redacted conversation alone over the size limit
+                await self._dead_letter(make_dead_letter(
+                    None, source_topic=self.outcomes_name, key=trace.trace_id.encode(), kind=exc.kind,
+                    reason=f"SFT example of {trace.trace_id}: {exc.message}", service=SERVICE,
+                ))
+            else:
+                cand = cand.model_copy(update={"messages": None})
         m.trace_latency.observe(max(0.0, time.time() - trace.timestamp.timestamp()))
+        return _WindowItem(event_time=trace.timestamp, passed=p.verdict.passed, candidate=cand,
+                           example_id=p.example.example_id if example_json is not None else None,
+                           example_json=example_json)
 
     # -- 2. windows -----------------------------------------------------------------------------
 
@@ -334,8 +399,6 @@ class StreamsApp:
             self.metrics.watermark.set(book.mark.watermark.timestamp())
 
     async def _window(self, stream: Any) -> None:
-        s = self.settings.streams
-        m = self.metrics
         async for event in stream.events():
             t0 = time.perf_counter()
             msg = event.message
@@ -343,48 +406,66 @@ class StreamsApp:
                 await self._idle_close()
                 continue
             try:
-                item = _WindowItem.model_validate_json(event.value)
+                batch = _WindowBatch.model_validate_json(event.value)
             except ValueError as exc:
                 await self._dead_letter(make_dead_letter(
                     event.value, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                    key=event.key, kind="schema", reason=f"window item: {exc}", service=SERVICE,
+                    key=event.key, kind="schema", reason=f"window items: {exc}", service=SERVICE,
                 ))
                 continue
             self._last_item_wall = time.monotonic()
-            cand, example = item.candidate, item.example
-            if example is not None and cand.messages is None:
-                cand = cand.model_copy(update={"messages": example.messages})  # sent once, see _score
-            entry = book_observe(self._book(), item.event_time, task_id=cand.task_id, size_s=s.window_size_s,
-                                 passed=item.passed, sft=example is not None, max_tasks=s.max_tasks_per_window)
-            if entry.late:
-                m.late_traces.inc()
-            if entry.keep_candidate:
-                ckey = f"c:{entry.window_key}:{cand.task_id}"
-                kept = [as_model(PairCandidate, c) for c in self.windows.get(ckey) or []]
-                self.windows[ckey], _ = merge_candidate(kept, cand, s.max_candidates_per_task)
-            if example is not None:
-                fut = await self.sft_topic.send(key=example.example_id.encode(), value=encode(example),
-                                                timestamp=_ts(example.timestamp))
-                self._pending.setdefault(entry.window_key, _PendingWindow()).futures.append(fut)
-                m.dataset_records.labels("sft").inc()
-            book, closing = book_advance(entry.book, item.event_time, grace_s=s.window_grace_s,
-                                         now=datetime.now(UTC), max_ahead_s=s.max_clock_skew_s)
-            self._store_book(book)
-            for w, tasks in closing:
-                await self._close(w, tasks)
-            m.processing_seconds.labels("window").observe(time.perf_counter() - t0)
+            work = _WindowWork(self._book())
+            for item in batch.items:
+                await self._window_item(work, item)
+            self._flush_window_work(work)
+            self.metrics.processing_seconds.labels("window").observe(time.perf_counter() - t0)
 
-    async def _close(self, w: WindowState, tasks: list[str]) -> None:
+    async def _window_item(self, work: _WindowWork, item: _WindowItem) -> None:
+        """Count one scored trace: book, pair candidate, SFT example; close what the watermark passed."""
+        s = self.settings.streams
+        m = self.metrics
+        cand, example = item.candidate, item.example_json
+        entry = book_observe(work.book, item.event_time, task_id=cand.task_id, size_s=s.window_size_s,
+                             passed=item.passed, sft=example is not None, max_tasks=s.max_tasks_per_window)
+        if entry.late:
+            m.late_traces.inc()
+        if entry.keep_candidate:
+            if example is not None and cand.messages is None:  # sent once, see _score
+                cand = cand.model_copy(update={"messages": json.loads(example)["messages"]})
+            ckey = f"c:{entry.window_key}:{cand.task_id}"
+            work.candidates[ckey], _ = merge_candidate(work.candidates_of(ckey, self.windows), cand,
+                                                       s.max_candidates_per_task)
+        if example is not None:
+            key = (item.example_id or "").encode()
+            fut = await self._produce(self.settings.topics.dataset_sft, key, example.encode(), _ts(item.event_time))
+            self._pending.setdefault(entry.window_key, _PendingWindow()).futures.append(fut)
+            m.dataset_records.labels("sft").inc()
+        work.book, closing = book_advance(entry.book, item.event_time, grace_s=s.window_grace_s,
+                                          now=datetime.now(UTC), max_ahead_s=s.max_clock_skew_s)
+        for w, tasks in closing:
+            await self._close(work, w, tasks)
+
+    def _flush_window_work(self, work: _WindowWork) -> None:
+        """Write what one record changed: the book once, each touched candidate key once."""
+        self._store_book(work.book)
+        for key, cands in work.candidates.items():
+            if cands is None:
+                if key in self.windows:
+                    del self.windows[key]
+            else:
+                self.windows[key] = cands
+
+    async def _close(self, work: _WindowWork, w: WindowState, tasks: list[str]) -> None:
         s = self.settings.streams
         wkey = window_key(w.start)
         cand_keys = [f"c:{wkey}:{task}" for task in tasks]
-        candidates = [as_model(PairCandidate, c) for k in cand_keys for c in (self.windows.get(k) or [])]
+        candidates = [as_model(PairCandidate, c) for k in cand_keys for c in work.candidates_of(k, self.windows)]
         pairs = mine_pairs(candidates, min_gap=s.pair_min_gap, require_chosen_passed=s.pair_require_chosen_passed,
                            window_start=w.start)
         pending = self._pending.pop(wkey, _PendingWindow())
         for pair in pairs:
-            fut = await self.dpo_topic.send(key=pair.pair_id.encode(), value=encode(pair),
-                                            timestamp=_ts(pair.timestamp))
+            fut = await self._produce(self.settings.topics.dataset_dpo, pair.pair_id.encode(), encode(pair),
+                                      _ts(pair.timestamp))
             pending.futures.append(fut)
             self.metrics.dataset_records.labels("dpo").inc()
         # The closed event promises that what it counts is written: wait for those acks first.
@@ -402,8 +483,7 @@ class StreamsApp:
         await self.closed_topic.send(key=event.window_id.encode(), value=encode(event),
                                      timestamp=_ts(event.timestamp))
         for k in cand_keys:
-            if k in self.windows:
-                del self.windows[k]
+            work.candidates[k] = None  # deleted at the flush
         self.metrics.window_closes.inc()
         self.metrics.window_size.observe(closed.n_sft)
         log.info("window %s closed: %d traces, %d passed, %d SFT, %d pairs", event.window_id, closed.n_traces,
@@ -415,14 +495,15 @@ class StreamsApp:
         s = self.settings.streams
         if time.monotonic() - self._last_item_wall < s.window_idle_close_s:
             return
-        book = self._book()
-        if not book.windows:
+        work = _WindowWork(self._book())
+        if not work.book.windows:
             return
-        newest_end = max(w.end for w in book.windows.values())
-        book, closing = book_advance(book, newest_end + timedelta(seconds=s.window_grace_s), grace_s=s.window_grace_s)
-        self._store_book(book)
+        newest_end = max(w.end for w in work.book.windows.values())
+        work.book, closing = book_advance(work.book, newest_end + timedelta(seconds=s.window_grace_s),
+                                          grace_s=s.window_grace_s)
         for w, tasks in closing:
-            await self._close(w, tasks)
+            await self._close(work, w, tasks)
+        self._flush_window_work(work)
 
     async def _window_tick(self) -> None:
         # Every worker ticks; only the one that owns the windows partition acts on it (in the agent).

@@ -1,8 +1,8 @@
 """Table values: pydantic models that faust stores as they are and serialises for the changelog.
 
-A memory-store table keeps the Python object, so reading it back costs nothing; faust's JSON codec
-calls `__json__` when it writes the changelog. After a restart the changelog gives plain dicts back,
-hence `as_model`.
+A memory-store table keeps the Python object, so reading it back costs nothing; the changelog is
+written by `streams.table_codec` (pydantic's JSON serialiser). After a restart the changelog gives
+plain dicts back, hence `as_model`. Faust-free, so the pure logic imports light.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class TableModel(BaseModel):
-    def __json__(self) -> dict[str, Any]:
+    def __json__(self) -> dict[str, Any]:  # faust's default JSON codec, should a table use it
         return self.model_dump(mode="json")
 
 

@@ -48,6 +48,10 @@ def run_worker(settings: StreamsSettings, *, loglevel: str = "info") -> int:
     log.info("streams worker %s: %d partitions, web/metrics on %s:%d (pid %d)", settings.streams.app_id, partitions,
              settings.streams.web_host, settings.streams.web_port, os.getpid())
     worker = Worker(streams_app.app, loglevel=loglevel, redirect_stdouts=False)
+    # faust's terminal spinner, at levels >= WARN, sets the root logger to DEBUG so that it can spin on
+    # every record: every aiokafka debug call then builds a LogRecord (~2 per event). A service log has
+    # no use for a spinner.
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
