@@ -277,3 +277,46 @@ def test_trace_identity_and_the_outcome() -> None:
     assert isinstance(event, TraceOutcomeEvent)
     assert (event.n_steps, event.final_output, event.total_tokens, event.model_id) == (4, "done", 15, "big")
     assert event.tools[0].name == "lookup" and event.metadata["served_by"] == "teacher:1,v0001:1"
+
+
+# --- slots and the follower (a fake loader: no torch) ------------------------------------------
+
+
+class FakeModel:
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.in_flight = 0
+        self.threshold = 0.5
+
+
+async def test_requests_in_flight_finish_on_their_model_and_rollback_reuses_the_previous(tmp_path) -> None:
+    from router.metrics import RouterMetrics
+    from router.runtime import LoadRefused
+    from router.switching import ModelSlots, VersionFollower
+    from stillflow.contracts import ModelVersionEvent
+
+    loaded: list[str] = []
+
+    def loader(registry, version, **kw):
+        loaded.append(version)
+        if version == "v0009":
+            raise LoadRefused("integrity", "damaged")
+        return FakeModel(version)
+
+    metrics = RouterMetrics()
+    slots = ModelSlots(metrics)
+    follower = VersionFollower(with_router(RouterSettings(), registry_dir=tmp_path), slots, metrics, loader=loader)
+    assert await follower.activate("v0001")
+    held = slots.acquire()
+    assert held.version == "v0001" and held.in_flight == 1
+    await follower.handle(ModelVersionEvent(model_name="student", version="v0002", status="promoted"))
+    assert slots.live.version == "v0002" and held.version == "v0001"  # the request in flight keeps v0001
+    slots.release(held)
+    assert held.in_flight == 0 and slots.previous is held
+    await follower.handle(ModelVersionEvent(model_name="other", version="v0005", status="promoted"))
+    await follower.handle(ModelVersionEvent(model_name="student", version="v0009", status="promoted"))
+    assert slots.live.version == "v0002" and follower.last_error["kind"] == "integrity"
+    await follower.handle(ModelVersionEvent(model_name="student", version="v0002", status="rolled_back",
+                                            previous_version="v0001"))
+    assert slots.live is held and loaded == ["v0001", "v0002", "v0009"]  # from memory, not reloaded
+    assert 'stillflow_router_model_version_info{slot="live",version="v0001"} 1.0' in metrics.render().decode()
