@@ -620,3 +620,23 @@ def test_sft_examples_and_pairs() -> None:
     rp, pc = redact_pair(pair)
     assert pc == {"email": 1, "card": 1, "secret": 1}
     assert rp.rejected[0]["content"] == "your card [CARD] is on file, password=[SECRET]"
+
+
+def test_repeated_texts_are_memoised_with_their_counts() -> None:
+    r = Redactor()
+    text = "Mail ops@acme-retail.com or call +44 20 7946 0958 with key sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2"
+    first: Counter[str] = Counter()
+    out1 = r.redact_text(text, first)
+    second: Counter[str] = Counter()
+    out2 = r.redact_text(text, second)
+    assert out1 == out2 and "ops@acme-retail.com" not in out2
+    assert first == second and sum(first.values()) >= 2  # a memo hit still counts its findings
+    # bounded: the oldest texts are forgotten
+    small = Redactor()
+    small.MEMO_SIZE = 3
+    for i in range(10):
+        small.redact_text(f"text number {i}")
+    assert len(small._memo) == 3 and "text number 9" in small._memo
+    # long texts are not kept
+    small.redact_text("x" * (small.MEMO_MAX_CHARS + 1))
+    assert all(len(k) <= small.MEMO_MAX_CHARS for k in small._memo)

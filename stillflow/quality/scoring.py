@@ -135,8 +135,21 @@ def validator_for_schema(schema: Mapping[str, Any]) -> Any:
     return v
 
 
+_BY_REPR: dict[str, Any] = {}  # repr(schema) -> validator: a cheaper key than canonical JSON for the same dict
+_BY_REPR_MAX = 2048
+
+
 def _cached_validator(schema: Mapping[str, Any]) -> Any:
-    return _validator_from_json(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    # Every trace carries its tools' schemas, decoded afresh; repr (C code, unambiguous for JSON values)
+    # finds the validator without sorting and dumping the schema each time. Key order only splits entries.
+    key = repr(schema)
+    v = _BY_REPR.get(key)
+    if v is None:
+        v = _validator_from_json(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        if len(_BY_REPR) >= _BY_REPR_MAX:
+            _BY_REPR.clear()
+        _BY_REPR[key] = v
+    return v
 
 
 def _tool_validators(trace: AgentTrace) -> dict[str, Any]:
