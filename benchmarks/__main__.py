@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 # In the order they were added; each is a module with a main() printing one JSON line.
-BENCHES = ["sdk_emit", "ingest"]
+BENCHES = ["sdk_emit", "ingest", "router"]
 
 
 def main(argv: list[str]) -> int:
