@@ -3,17 +3,19 @@
 Exports:
 - `window_start_for(ts, size_s)`, `window_end_for(start, size_s)`, `window_key(start)` (the table
   key: epoch seconds as a string), `window_id_for(start)` (`w-<epoch-seconds>`);
-- `WindowState` — one window's bookkeeping (counts, pair candidates per task — bounded —, offset
-  ranges per topic-partition); a pydantic model, stored in a plain table keyed by `window_key`;
-- `Watermark` — the max event time seen and the watermark (max event time − grace); store it in
-  the same table under `WATERMARK_KEY` so that a restart rebuilds both from the changelog;
-- `observe(state, event_time, *, mark, size_s, ...)` → `ObserveResult` (late events are reported,
-  not dropped silently), `record_offset(state, topic, partition, offset)`, `set_pairs(state, n)`;
+- `WindowState` — one window's bookkeeping (counts; the offset ranges per topic-partition of what
+  it wrote, set at close); a pydantic model;
+- `Watermark` — the max event time seen and the watermark (max event time − grace);
+- `observe(state, event_time, *, mark, size_s, passed, sft)` → `ObserveResult` (late events are
+  reported, not dropped silently), `is_late(mark, event_time, size_s)`;
 - `advance_watermark(mark, event_time, *, grace_s, windows, ...)` → (new mark, windows now closed);
   `count_late(mark)`;
-- `to_closed_event(state)` → `DatasetWindowClosed` (id and event time deterministic);
-- `candidates_of(state)` — the pair candidates of a closed window, for `streams.pairs`;
-- `load_table(items)` — the mark and the open windows from the table's (key, value) items.
+- `to_closed_event(state, n_pairs=...)` → `DatasetWindowClosed` (id and event time deterministic);
+- `WindowBook` — the mark, the open windows and, per window, the tasks with pair candidates, in one
+  table value (so a restart rebuilds it from the changelog); `book_observe(book, ...)` →
+  `BookEntry`, `book_advance(book, ...)` → (new book, closed windows with their task ids);
+- `merge_candidate(candidates, cand, max_per_task)` — one task's bounded pair candidates (the app
+  keeps them under their own table keys, and mines them with `streams.pairs` at close).
 
 Why not faust's windowed tables: their expiry runs on wall-clock time and is not rebuilt after a
 restart. Here a window [start, start + size) closes when the watermark reaches its end; an event
@@ -27,15 +29,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from stillflow.contracts import DatasetWindowClosed, OffsetRange
 from streams.pairs import PairCandidate
 from streams.tables import TableModel
 
 __all__ = [
-    "WATERMARK_KEY",
     "window_start_for",
     "window_end_for",
     "window_key",
@@ -45,13 +47,9 @@ __all__ = [
     "ObserveResult",
     "is_late",
     "observe",
-    "record_offset",
-    "set_pairs",
     "advance_watermark",
     "count_late",
     "to_closed_event",
-    "candidates_of",
-    "load_table",
     "WindowBook",
     "BookEntry",
     "book_observe",
@@ -59,9 +57,9 @@ __all__ = [
     "merge_candidate",
 ]
 
-WATERMARK_KEY = "__watermark__"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+_LEGACY_FIELDS = frozenset({"candidates", "n_candidates_dropped"})  # removed from WindowState
 
 
 def _aware(ts: datetime) -> datetime:
@@ -117,10 +115,17 @@ class WindowState(TableModel):
     n_passed: int = 0
     n_sft: int = 0
     n_pairs: int = 0
-    candidates: dict[str, list[PairCandidate]] = Field(default_factory=dict)  # task_id -> candidates
-    n_candidates_dropped: int = 0  # not kept: too many tasks, or evicted from a full task
     offsets: dict[str, OffsetRange] = Field(default_factory=dict)  # "topic:partition" -> range
     closed: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_fields(cls, data: Any) -> Any:
+        # Books written before these fields went hold them (always empty: candidates live under their
+        # own keys), so a restart from an older changelog still loads.
+        if isinstance(data, dict) and _LEGACY_FIELDS & data.keys():
+            data = {k: v for k, v in data.items() if k not in _LEGACY_FIELDS}
+        return data
 
 
 class Watermark(TableModel):
@@ -147,20 +152,6 @@ def is_late(mark: Watermark, event_time: datetime, size_s: float) -> bool:
     return window_end_for(window_start_for(event_time, size_s), size_s) <= mark.watermark
 
 
-def _add_candidate(
-    state: WindowState, cand: PairCandidate, max_tasks: int, max_per_task: int
-) -> tuple[dict[str, list[PairCandidate]], int]:
-    cands = dict(state.candidates)
-    lst = cands.get(cand.task_id)
-    if lst is None:
-        if len(cands) >= max_tasks:
-            return cands, 1
-        lst = []
-    lst, dropped = merge_candidate(lst, cand, max_per_task)
-    cands[cand.task_id] = lst
-    return cands, dropped
-
-
 def observe(
     state: WindowState | None,
     event_time: datetime,
@@ -169,15 +160,10 @@ def observe(
     size_s: float,
     passed: bool = False,
     sft: bool = False,
-    candidate: PairCandidate | None = None,
-    source: tuple[str, int, int] | None = None,
-    max_tasks: int = 256,
-    max_candidates_per_task: int = 4,
 ) -> ObserveResult:
     """Count one scored trace in its window (created when `state` is None).
 
-    `passed`: it passed every gate; `sft`: an SFT example was written for it; `candidate`: keep it
-    for pair mining; `source`: (topic, partition, offset) of the record, for the offset ranges.
+    `passed`: it passed every gate; `sft`: an SFT example was written for it.
     A late event leaves `state` unchanged and comes back with `late=True`.
     """
     start = window_start_for(event_time, size_s)
@@ -189,38 +175,12 @@ def observe(
         return ObserveResult(state=state, window_start=start, late=True)
     if state is None:
         state = WindowState(start=start, end=window_end_for(start, size_s))
-    update: dict[str, object] = {
+    new = state.model_copy(update={
         "n_traces": state.n_traces + 1,
         "n_passed": state.n_passed + int(passed),
         "n_sft": state.n_sft + int(sft),
-    }
-    if candidate is not None:
-        cands, dropped = _add_candidate(state, candidate, max_tasks, max_candidates_per_task)
-        update["candidates"] = cands
-        update["n_candidates_dropped"] = state.n_candidates_dropped + dropped
-    new = state.model_copy(update=update)
-    if source is not None:
-        new = record_offset(new, *source)
+    })
     return ObserveResult(state=new, window_start=start)
-
-
-def record_offset(state: WindowState, topic: str, partition: int, offset: int) -> WindowState:
-    """Widen the window's offset range of `topic`/`partition` to include `offset`."""
-    key = f"{topic}:{partition}"
-    offsets = dict(state.offsets)
-    cur = offsets.get(key)
-    if cur is None:
-        offsets[key] = OffsetRange(topic=topic, partition=partition, first=offset, last=offset)
-    else:
-        offsets[key] = OffsetRange(
-            topic=topic, partition=partition, first=min(cur.first, offset), last=max(cur.last, offset)
-        )
-    return state.model_copy(update={"offsets": offsets})
-
-
-def set_pairs(state: WindowState, n_pairs: int) -> WindowState:
-    """Record how many pairs were mined from the window (at close)."""
-    return state.model_copy(update={"n_pairs": n_pairs})
 
 
 def advance_watermark(
@@ -261,11 +221,6 @@ def count_late(mark: Watermark, n: int = 1) -> Watermark:
     return mark.model_copy(update={"n_late": mark.n_late + n})
 
 
-def candidates_of(state: WindowState) -> list[PairCandidate]:
-    """Every pair candidate of the window, task by task (for `streams.pairs.mine_pairs`)."""
-    return [c for task in sorted(state.candidates) for c in state.candidates[task]]
-
-
 def to_closed_event(state: WindowState, *, n_pairs: int | None = None) -> DatasetWindowClosed:
     """The `DatasetWindowClosed` event: id `w-<epoch-seconds>` (also the event id), event time = end."""
     wid = window_id_for(state.start)
@@ -281,19 +236,6 @@ def to_closed_event(state: WindowState, *, n_pairs: int | None = None) -> Datase
         n_pairs=state.n_pairs if n_pairs is None else n_pairs,
         offsets=sorted(state.offsets.values(), key=lambda o: (o.topic, o.partition)),
     )
-
-
-def load_table(items: Iterable[tuple[str, object]]) -> tuple[Watermark, dict[str, WindowState]]:
-    """The watermark (under `WATERMARK_KEY`) and every window state (by key) from a table's items,
-    values as stored (plain dicts) or as models."""
-    mark = Watermark()
-    windows: dict[str, WindowState] = {}
-    for key, value in items:
-        if key == WATERMARK_KEY:
-            mark = value if isinstance(value, Watermark) else Watermark.model_validate(value)
-        else:
-            windows[key] = value if isinstance(value, WindowState) else WindowState.model_validate(value)
-    return mark, windows
 
 
 # ---------------------------------------------------------------------------------------------

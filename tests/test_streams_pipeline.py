@@ -19,10 +19,10 @@ from stillflow.contracts import (
 )
 from stillflow.quality import QualitySettings, ScoreWeights
 from streams.assembly import add_outcome, add_step
-from streams.pairs import mine_pairs
+from streams.pairs import PairCandidate, mine_pairs
 from streams.pipeline import TracePipeline
 from streams.settings import StreamsSection, StreamsSettings
-from streams.windows import Watermark, advance_watermark, candidates_of, observe, to_closed_event
+from streams.windows import WindowBook, book_advance, book_observe, merge_candidate, to_closed_event
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TOOLS = [
@@ -187,7 +187,9 @@ def test_assembled_traces_through_the_pipeline_into_a_window_and_pairs() -> None
         ten_step_trace(1, model="teacher"),
         ten_step_trace(2, model="student-v1", answer="I refunded the order ORD-2024-000099.", success=True),
     ]
-    mark, window = Watermark(), None
+    # the window agent's state: the book, and each task's candidates under `c:<window key>:<task>`
+    book = WindowBook()
+    cands: dict[str, list[PairCandidate]] = {}
     for t in traces:
         state = None
         done = None
@@ -198,19 +200,21 @@ def test_assembled_traces_through_the_pipeline_into_a_window_and_pairs() -> None
         done = r.trace
         assert done is not None and done.model_dump() == t.model_dump()
         out = p.process(done)
-        window = observe(
-            window,
-            done.timestamp,
-            mark=mark,
-            size_s=60,
-            passed=out.verdict.passed,
-            sft=out.example is not None,
-            candidate=out.candidate,
-        ).state
-    assert window is not None
-    mark, closing = advance_watermark(mark, datetime(2026, 3, 1, 12, 5, tzinfo=UTC), grace_s=10, windows=[window])
-    (closed,) = closing
-    pairs = mine_pairs(candidates_of(closed), window_start=closed.start)
+        entry = book_observe(book, done.timestamp, task_id=out.candidate.task_id, size_s=60,
+                             passed=out.verdict.passed, sft=out.example is not None, max_tasks=256)
+        assert not entry.late and entry.keep_candidate
+        key = f"c:{entry.window_key}:{out.candidate.task_id}"
+        cands[key], dropped = merge_candidate(cands.get(key, []), out.candidate, 4)
+        assert dropped == 0
+        book, closing = book_advance(entry.book, done.timestamp, grace_s=10)
+        assert closing == []
+    assert len(book.windows) == 1
+    book, closing = book_advance(book, datetime(2026, 3, 1, 12, 5, tzinfo=UTC), grace_s=10)
+    ((closed, tasks),) = closing
+    assert book.windows == {} and tasks == [traces[0].task_id]
+    candidates = [c for task in tasks for c in cands[f"c:{entry.window_key}:{task}"]]
+    assert len(candidates) == 2
+    pairs = mine_pairs(candidates, window_start=closed.start)
     assert len(pairs) == 1
     pair = pairs[0]
     assert pair.chosen_trace_id == "tr-1" and pair.rejected_trace_id == "tr-2"

@@ -9,24 +9,19 @@ from typing import Any
 
 import pytest
 
-from stillflow.contracts import DatasetWindowClosed, decode, encode
+from stillflow.contracts import DatasetWindowClosed, OffsetRange, decode, encode
 from streams.pairs import PairCandidate, mine_pairs
 from streams.windows import (
-    WATERMARK_KEY,
     Watermark,
     WindowBook,
     WindowState,
     advance_watermark,
     book_advance,
     book_observe,
-    candidates_of,
     count_late,
     is_late,
-    load_table,
     merge_candidate,
     observe,
-    record_offset,
-    set_pairs,
     to_closed_event,
     window_end_for,
     window_id_for,
@@ -36,6 +31,7 @@ from streams.windows import (
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # epoch 1772366400, a multiple of 60
 SIZE, GRACE = 60.0, 10.0
+MARK_KEY = "__watermark__"  # where the test's stand-in table keeps the watermark
 
 
 def at(seconds: float) -> datetime:
@@ -45,26 +41,24 @@ def at(seconds: float) -> datetime:
 class Stream:
     """The wiring a faust agent does, over a dict standing in for the table."""
 
-    def __init__(self, size: float = SIZE, grace: float = GRACE, **kw: Any) -> None:
-        self.size, self.grace, self.kw = size, grace, kw
+    def __init__(self, size: float = SIZE, grace: float = GRACE) -> None:
+        self.size, self.grace = size, grace
         self.table: dict[str, Any] = {}
         self.closed: list[WindowState] = []
         self.late: list[datetime] = []
 
     @property
     def mark(self) -> Watermark:
-        return Watermark.model_validate(self.table.get(WATERMARK_KEY, {}))
+        return Watermark.model_validate(self.table.get(MARK_KEY, {}))
 
     def windows(self) -> list[WindowState]:
-        return [WindowState.model_validate(v) for k, v in self.table.items() if k != WATERMARK_KEY]
+        return [WindowState.model_validate(v) for k, v in self.table.items() if k != MARK_KEY]
 
     def event(self, ts: datetime, **obs: Any) -> bool:
         mark = self.mark
         key = window_key(window_start_for(ts, self.size))
         cur = self.table.get(key)
-        res = observe(
-            WindowState.model_validate(cur) if cur else None, ts, mark=mark, size_s=self.size, **obs, **self.kw
-        )
+        res = observe(WindowState.model_validate(cur) if cur else None, ts, mark=mark, size_s=self.size, **obs)
         if res.late:
             self.late.append(ts)
             mark = count_late(mark)
@@ -72,7 +66,7 @@ class Stream:
             assert res.state is not None
             self.table[key] = res.state.model_dump(mode="json")
         mark, closing = advance_watermark(mark, ts, grace_s=self.grace, windows=self.windows())
-        self.table[WATERMARK_KEY] = mark.model_dump(mode="json")
+        self.table[MARK_KEY] = mark.model_dump(mode="json")
         for w in closing:
             self.closed.append(w)
             del self.table[window_key(w.start)]
@@ -107,18 +101,16 @@ def _cand(tid: str, overall: float, task: str = "task-1", **kw: Any) -> PairCand
     return PairCandidate(trace_id=tid, task_id=task, overall=overall, timestamp=T0, **kw)
 
 
-def test_observe_counts_and_keeps_offsets() -> None:
+def test_observe_counts() -> None:
     mark = Watermark()
-    r1 = observe(None, at(1), mark=mark, size_s=SIZE, passed=True, sft=True, source=("steps", 0, 10))
-    r2 = observe(r1.state, at(2), mark=mark, size_s=SIZE, passed=False, source=("steps", 0, 7))
-    r3 = observe(r2.state, at(3), mark=mark, size_s=SIZE, passed=True, sft=True, source=("steps", 2, 5))
+    r1 = observe(None, at(1), mark=mark, size_s=SIZE, passed=True, sft=True)
+    r2 = observe(r1.state, at(2), mark=mark, size_s=SIZE, passed=False)
+    r3 = observe(r2.state, at(3), mark=mark, size_s=SIZE, passed=True, sft=True)
     s = r3.state
     assert s is not None and not r3.late
-    assert (s.n_traces, s.n_passed, s.n_sft) == (3, 2, 2)
-    assert s.start == T0 and s.end == at(60)
-    assert {k: (o.first, o.last) for k, o in s.offsets.items()} == {"steps:0": (7, 10), "steps:2": (5, 5)}
-    s = record_offset(s, "stillflow.dataset.sft", 1, 99)
-    assert s.offsets["stillflow.dataset.sft:1"].first == 99
+    assert (s.n_traces, s.n_passed, s.n_sft, s.n_pairs) == (3, 2, 2, 0)
+    assert s.start == T0 and s.end == at(60) and s.offsets == {} and not s.closed
+    assert r1.state is not None and r1.state.n_traces == 1  # states are not mutated
 
 
 def test_observe_refuses_a_state_of_another_window() -> None:
@@ -127,25 +119,51 @@ def test_observe_refuses_a_state_of_another_window() -> None:
         observe(s, at(61), mark=Watermark(), size_s=SIZE)
 
 
+class BookStream:
+    """The wiring of the app's window agent (`_window_item` / `_close`): the book, and each task's
+    pair candidates under their own key `c:<window key>:<task>`, bounded by `merge_candidate`."""
+
+    def __init__(self, max_tasks: int = 256, max_per_task: int = 4) -> None:
+        self.max_tasks, self.max_per_task = max_tasks, max_per_task
+        self.book = WindowBook()
+        self.cands: dict[str, list[PairCandidate]] = {}
+        self.dropped = 0  # candidates not kept: too many tasks, or evicted from a full task
+        self.closed: list[tuple[WindowState, list[PairCandidate]]] = []
+
+    def event(self, ts: datetime, cand: PairCandidate, *, passed: bool = False, sft: bool = False) -> bool:
+        e = book_observe(self.book, ts, task_id=cand.task_id, size_s=SIZE, passed=passed, sft=sft,
+                         max_tasks=self.max_tasks)
+        if e.keep_candidate:
+            key = f"c:{e.window_key}:{cand.task_id}"
+            self.cands[key], dropped = merge_candidate(self.cands.get(key, []), cand, self.max_per_task)
+            self.dropped += dropped
+        else:
+            self.dropped += 1
+        self.book, closing = book_advance(e.book, ts, grace_s=GRACE)
+        for w, tasks in closing:
+            keys = [f"c:{window_key(w.start)}:{task}" for task in tasks]
+            self.closed.append((w, [c for k in keys for c in self.cands.pop(k, [])]))
+        return e.late
+
+
 def test_candidates_are_bounded_per_task_and_per_window() -> None:
-    mark = Watermark()
-    s = None
+    st = BookStream(max_tasks=2, max_per_task=3)
+    key = f"c:{window_key(T0)}:task-1"
     for i, score in enumerate([0.9, 0.1, 0.5, 0.6, 0.4, 0.95]):
-        s = observe(s, at(1), mark=mark, size_s=SIZE, candidate=_cand(f"t{i}", score), max_candidates_per_task=3).state
-    assert s is not None
-    kept = sorted(c.overall for c in s.candidates["task-1"])
+        st.event(at(1), _cand(f"t{i}", score))
+    kept = sorted(c.overall for c in st.cands[key])
     assert len(kept) == 3 and kept[0] == 0.1 and kept[-1] == 0.95  # the extremes survive
-    assert s.n_candidates_dropped == 3
+    assert st.dropped == 3
     # a redelivered trace replaces itself
-    s2 = observe(s, at(2), mark=mark, size_s=SIZE, candidate=_cand("t1", 0.1), max_candidates_per_task=3).state
-    assert s2 is not None and len(s2.candidates["task-1"]) == 3 and s2.n_candidates_dropped == 3
-    # too many tasks: new tasks are not kept
+    st.event(at(2), _cand("t1", 0.1))
+    assert len(st.cands[key]) == 3 and st.dropped == 3
+    # too many tasks: new tasks are not kept (but their traces are counted)
     for i in range(3):
-        s2 = observe(
-            s2, at(3), mark=mark, size_s=SIZE, candidate=_cand(f"x{i}", 0.5, task=f"other-{i}"), max_tasks=2
-        ).state
-    assert s2 is not None and sorted(s2.candidates) == ["other-0", "task-1"]
-    assert s2.n_candidates_dropped == 5
+        st.event(at(3), _cand(f"x{i}", 0.5, task=f"other-{i}"))
+    assert sorted(st.cands) == [f"c:{window_key(T0)}:other-0", key]
+    assert st.book.tasks[window_key(T0)] == ["task-1", "other-0"]
+    assert st.dropped == 5
+    assert st.book.windows[window_key(T0)].n_traces == 10
 
 
 # ----------------------------------------------------------------------------- watermark
@@ -213,15 +231,16 @@ def test_event_time_none_rechecks_after_a_restart() -> None:
 
 
 def test_closed_event_is_deterministic_and_round_trips() -> None:
-    s = observe(None, at(1), mark=Watermark(), size_s=SIZE, passed=True, sft=True, source=("b", 1, 5)).state
+    s = observe(None, at(1), mark=Watermark(), size_s=SIZE, passed=True, sft=True).state
     assert s is not None
-    s = record_offset(s, "a", 0, 3)
-    s = set_pairs(s, 4)
+    # at close the app sets the pairs mined and the offset ranges of what the window wrote
+    offsets = [OffsetRange(topic="b", partition=1, first=5, last=9), OffsetRange(topic="a", partition=0, first=3, last=3)]
+    s = s.model_copy(update={"n_pairs": 4, "closed": True, "offsets": {f"{o.topic}:{o.partition}": o for o in offsets}})
     e = to_closed_event(s)
     assert e.window_id == "w-1772366400" == e.event_id
     assert e.timestamp == at(60) and e.window_start == T0 and e.window_end == at(60)
     assert (e.n_traces, e.n_passed, e.n_sft, e.n_pairs) == (1, 1, 1, 4)
-    assert [(o.topic, o.partition) for o in e.offsets] == [("a", 0), ("b", 1)]
+    assert [(o.topic, o.partition, o.first, o.last) for o in e.offsets] == [("a", 0, 3, 3), ("b", 1, 5, 9)]
     assert to_closed_event(s) == e
     assert to_closed_event(s, n_pairs=7).n_pairs == 7
     assert decode(encode(e), DatasetWindowClosed) == e
@@ -229,16 +248,18 @@ def test_closed_event_is_deterministic_and_round_trips() -> None:
 
 def test_pairs_are_mined_from_a_closed_window() -> None:
     msgs = lambda text: [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]  # noqa: E731
-    st = Stream()
-    st.event(at(1), candidate=_cand("good", 0.9, messages=msgs("right")))
-    st.event(at(2), candidate=_cand("bad", 0.2, messages=msgs("wrong")))
-    st.event(at(3), candidate=_cand("other", 0.5, task="task-2", messages=msgs("alone")))
-    st.event(at(100))
-    (w,) = st.closed
-    pairs = mine_pairs(candidates_of(w), window_start=w.start)
+    st = BookStream()
+    st.event(at(1), _cand("good", 0.9, messages=msgs("right")), passed=True)
+    st.event(at(2), _cand("bad", 0.2, messages=msgs("wrong")))
+    st.event(at(3), _cand("other", 0.5, task="task-2", messages=msgs("alone")))
+    st.event(at(100), _cand("next", 0.5, task="task-3"))
+    ((w, cands),) = st.closed
+    assert sorted(c.trace_id for c in cands) == ["bad", "good", "other"]
+    assert not any(k.startswith(f"c:{window_key(T0)}:") for k in st.cands)  # dropped with the window
+    pairs = mine_pairs(cands, window_start=w.start)
     assert [(p.chosen_trace_id, p.rejected_trace_id) for p in pairs] == [("good", "bad")]
-    e = to_closed_event(set_pairs(w, len(pairs)))
-    assert e.n_pairs == 1 and e.n_traces == 3
+    e = to_closed_event(w.model_copy(update={"n_pairs": len(pairs)}))
+    assert (e.n_pairs, e.n_traces, e.n_passed) == (1, 3, 1)
 
 
 # ----------------------------------------------------------------------------- restart and a whole stream
@@ -293,16 +314,24 @@ def test_a_restart_rebuilt_from_the_changelog_gives_the_same_result() -> None:
     assert restarted.table == straight.table
 
 
-def test_load_table_splits_the_mark_from_the_windows() -> None:
-    st = Stream()
-    for t in (at(1), at(61), at(62)):
-        st.event(t, passed=True)
-    stored = json.loads(json.dumps(st.table))
-    mark, windows = load_table(stored.items())
-    assert mark == st.mark and mark.max_event_time == at(62)
-    assert sorted(windows) == sorted(k for k in st.table if k != WATERMARK_KEY)
-    assert all(isinstance(w, WindowState) for w in windows.values())
-    assert load_table([]) == (Watermark(), {})
+def test_a_book_restarted_from_json_closes_the_same_windows() -> None:
+    events = _stream_events(300, seed=6, max_delay=25)  # some beyond grace: late ones move windows
+    tasks = [f"task-{i % 7}" for i in range(len(events))]
+    straight = BookStream(max_tasks=5, max_per_task=3)
+    for i, (t, task) in enumerate(zip(events, tasks, strict=True)):
+        straight.event(t, _cand(f"tr-{i}", (i * 37 % 100) / 100, task=task), passed=i % 3 == 0)
+    restarted = BookStream(max_tasks=5, max_per_task=3)
+    for i, (t, task) in enumerate(zip(events, tasks, strict=True)):
+        if i % 50 == 25:  # "restart": the book and the candidate keys come back from the changelog as JSON
+            book = json.loads(json.dumps(restarted.book.__json__()))
+            cands = json.loads(json.dumps({k: [c.model_dump(mode="json") for c in v] for k, v in restarted.cands.items()}))
+            restarted.book = WindowBook.model_validate(book)
+            restarted.cands = {k: [PairCandidate.model_validate(c) for c in v] for k, v in cands.items()}
+        restarted.event(t, _cand(f"tr-{i}", (i * 37 % 100) / 100, task=task), passed=i % 3 == 0)
+    assert straight.book.mark.n_late > 0  # the late path was exercised
+    assert restarted.book == straight.book and restarted.cands == straight.cands
+    assert [(to_closed_event(w), c) for w, c in restarted.closed] == [(to_closed_event(w), c) for w, c in straight.closed]
+    assert sum(w.n_traces for w, _ in straight.closed) + sum(w.n_traces for w in straight.book.windows.values()) == 300
 
 
 # -- the window book (what the faust window agent stores) ---------------------------------------
@@ -366,3 +395,13 @@ def test_merge_candidate_keeps_extremes_and_replaces_redelivery() -> None:
     assert dropped == 0 and sorted(c.trace_id for c in cands) == ["t1", "t2", "t3"]
     cands, dropped = merge_candidate(cands, _cand("t4", 0.6), 3)
     assert dropped == 1 and {c.trace_id for c in cands} >= {"t1", "t3"} and len(cands) == 3
+
+
+def test_book_from_a_changelog_written_with_the_removed_candidate_fields_still_loads() -> None:
+    book = _obs(WindowBook(), 1, "a").book
+    old = book.__json__()
+    for w in old["windows"].values():  # what books held before candidates left WindowState
+        w.update(candidates={}, n_candidates_dropped=0)
+    assert WindowBook.model_validate(json.loads(json.dumps(old))) == book
+    with pytest.raises(ValueError):  # other unknown fields are still refused
+        WindowState.model_validate({**book.windows[window_key(T0)].model_dump(), "bogus": 1})
