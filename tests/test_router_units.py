@@ -320,3 +320,15 @@ async def test_requests_in_flight_finish_on_their_model_and_rollback_reuses_the_
                                             previous_version="v0001"))
     assert slots.live is held and loaded == ["v0001", "v0002", "v0009"]  # from memory, not reloaded
     assert 'stillflow_router_model_version_info{slot="live",version="v0001"} 1.0' in metrics.render().decode()
+
+
+def test_the_router_command_is_registered_and_reads_its_flags() -> None:
+    from router.cli import _settings
+    from stillflow.cli import build_parser
+
+    args = build_parser().parse_args(["router", "--port", "8299", "--teacher-url", "http://t:1/v1", "--threshold",
+                                      "0.7", "--teacher-only", "--no-kafka"])
+    assert args.func.__name__ == "cmd_router"
+    s = _settings(args).router
+    assert (s.port, s.teacher.base_url, s.threshold_override, s.teacher_only, s.kafka) == (
+        8299, "http://t:1/v1", 0.7, True, False)
