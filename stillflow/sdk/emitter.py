@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from pydantic import BaseModel
 
 from stillflow.contracts import (
@@ -120,6 +121,13 @@ class TraceEmitter:
                 compression_type=sdk.compression_type,
                 acks=sdk.acks,
             )
+            # aiokafka's send() waits for room in a full partition batch (one batch in flight and one
+            # filling per partition) for request_timeout_ms, the knob of its produce requests too: bound
+            # that wait by send_timeout_s as well, without shortening the requests (a private attribute,
+            # read per send; the sender keeps its own copy).
+            wait_ms = getattr(self._producer, "_request_timeout_ms", None)
+            if isinstance(wait_ms, int | float):
+                self._producer._request_timeout_ms = min(wait_ms, self._timeout * 1000)
             await self._producer.start()
         return self
 
@@ -197,6 +205,10 @@ class TraceEmitter:
             await self._make_room()
         try:
             fut = await self._producer.send(topic, value, key=key, timestamp_ms=ts_ms)
+        except KafkaTimeoutError as exc:  # no room in the partition's batch within send_timeout_s
+            raise BackpressureTimeout(
+                f"no room to send to {topic} for {self._timeout}s: the broker is not acknowledging"
+            ) from exc
         except Exception as exc:
             self.failed += 1
             raise EmitError(f"send to {topic} failed: {exc!r}") from exc
@@ -219,6 +231,10 @@ class TraceEmitter:
             self.failed += 1
             if self._error is None:
                 self._error = exc
+
+    def _raise_pending(self) -> None:
+        exc, self._error = self._error, None
+        raise EmitError(f"{self.failed} event(s) failed delivery; first error: {exc!r}") from exc
 
     async def _make_room(self) -> None:
         self._reap()
