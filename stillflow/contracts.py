@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from functools import cache
 from typing import Any, Literal, TypeVar
 
 from pydantic import (
@@ -440,10 +441,22 @@ def encode(event: BaseModel) -> bytes:
     return raw
 
 
+@cache
+def _field_names() -> frozenset[str]:
+    return frozenset(name for obj in list(globals().values())
+                     if isinstance(obj, type) and issubclass(obj, _Model) for name in obj.model_fields)
+
+
+def _loc_part(part: object) -> str:
+    # A location may hold the record's own keys (an unknown field, a metadata key), and a record's keys
+    # can be anything, secrets included: reasons are logged and kept, so only field names are echoed.
+    return str(part) if isinstance(part, int) or part in _field_names() else "<key>"
+
+
 def _describe(err: ValidationError) -> str:
     parts = []
     for e in err.errors()[:5]:
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(_loc_part(p) for p in e["loc"]) or "<root>"
         parts.append(f"{loc}: {e['msg']}")
     more = err.error_count() - 5
     if more > 0:
