@@ -280,7 +280,8 @@ class StreamsApp:
             letter = make_dead_letter(
                 event.value, source_topic=topic, partition=msg.partition, offset=msg.offset, key=event.key,
                 kind="key_mismatch", service=SERVICE,
-                reason=f"record key {event.key!r} is not the trace_id {ev.trace_id!r}",
+                # the key itself is not quoted: it is the producer's free text (the letter keeps it)
+                reason=f"record key ({len(event.key or b'')} bytes) is not the trace_id {ev.trace_id!r}",
             )
         if letter is not None:
             m.events_in.labels(role, "dead_letter").inc()

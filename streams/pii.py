@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from stillflow.contracts import PreferencePair, SFTExample
+from stillflow.contracts import AgentTrace, PreferencePair, SFTExample
 
 __all__ = [
     "KINDS",
@@ -593,6 +593,32 @@ class Redactor:
         chosen, _ = self.redact_messages(pair.chosen, c)
         rejected, _ = self.redact_messages(pair.rejected, c)
         return pair.model_copy(update={"prompt": prompt, "chosen": chosen, "rejected": rejected}), dict(c)
+
+    def redact_trace(self, trace: AgentTrace) -> tuple[AgentTrace, dict[str, int]]:
+        """A copy of a trace with its texts redacted: input, system prompt, every step's content, tool
+        arguments and result, the final output, the error and the ground truth. (After `redact_messages`
+        on the same trace most texts are memo hits.)"""
+        c: Counter[str] = Counter()
+        t = self.redact_text
+        steps = [
+            s.model_copy(update={
+                "content": t(s.content, c),
+                "tool_args": self._json(s.tool_args, c) if s.tool_args is not None else None,
+                "tool_result": t(s.tool_result, c) if s.tool_result is not None else None,
+            })
+            for s in trace.steps
+        ]
+        update: dict[str, Any] = {
+            "input_text": t(trace.input_text, c),
+            "system_prompt": t(trace.system_prompt, c),
+            "final_output": t(trace.final_output, c),
+            "steps": steps,
+        }
+        if trace.error is not None:
+            update["error"] = t(trace.error, c)
+        if trace.ground_truth is not None:
+            update["ground_truth"] = t(trace.ground_truth, c)
+        return trace.model_copy(update=update), dict(c)
 
 
 def _splice(text: str, spans: list[tuple[int, int]], placeholder: str) -> str:

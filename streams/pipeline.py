@@ -10,7 +10,7 @@ redaction counts). A faust agent calls `process` per completed trace and publish
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from stillflow.contracts import AgentTrace, ScoredTrace, SFTExample
@@ -42,11 +42,13 @@ class TracePipeline:
         gates: TraceFilter | None = None,
         redactor: Redactor | None = None,
         redact: bool = True,
+        redact_scored: bool = True,
     ) -> None:
         self.scorer = scorer or Scorer()
         self.gates = gates or TraceFilter()
         self.redactor = redactor or default_redactor
         self.redact = redact
+        self.redact_scored = redact and redact_scored
 
     @classmethod
     def from_settings(cls, settings: StreamsSettings, *, reasoning: ReasoningScorer | None = None) -> TracePipeline:
@@ -57,6 +59,7 @@ class TracePipeline:
             scorer=Scorer.from_settings(settings.quality, reasoning=reasoning),
             gates=TraceFilter.from_settings(settings.quality),
             redact=settings.streams.redact_pii,
+            redact_scored=settings.streams.redact_scored,
         )
 
     def process(
@@ -70,7 +73,7 @@ class TracePipeline:
     ) -> Processed:
         assessment = self.scorer.assess(trace, reference_steps=reference_steps, reasoning_quality=reasoning_quality)
         verdict = self.gates.check(trace, assessment)
-        scored = to_scored_trace(trace, assessment, verdict)
+        # Scored on the trace as sent; what leaves the stream is redacted (the scored trace below).
         counts: Counter[str] = Counter()
         example: SFTExample | None = None
         error: str | None = None
@@ -82,6 +85,13 @@ class TracePipeline:
                 example = to_sft_example(trace, assessment.score, window_start=window_start, messages=messages)
             except FormatError as exc:
                 error = exc.message
+        if self.redact_scored:  # the gate reasons quote outputs and answers: redacted like the trace
+            red = self.redactor.redact_text
+            shown = self.redactor.redact_trace(trace)[0]
+            failures = tuple(replace(f, reason=red(f.reason)) for f in verdict.failures)
+            scored = to_scored_trace(shown, assessment, replace(verdict, failures=failures))
+        else:
+            scored = to_scored_trace(trace, assessment, verdict)
         candidate = candidate_from(
             trace,
             assessment,

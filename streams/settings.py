@@ -61,6 +61,11 @@ class StreamsSection(_Section):
     max_candidates_per_task: int = Field(default=4, ge=2, description="traces kept per task and window")
     # redaction
     redact_pii: bool = True
+    redact_scored: bool = Field(
+        default=True,
+        description="also redact the trace inside each ScoredTrace (the audit topic); false keeps it as the "
+        "agent sent it — then restrict who may read that topic",
+    )
     window_idle_close_s: float = Field(
         default=30.0, gt=0, description="no traces for this long (wall clock): close every open window"
     )

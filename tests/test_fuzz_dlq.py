@@ -163,7 +163,7 @@ class StreamPath:
                                       service="streams")
         if letter is None and ev is not None and key != ev.trace_id.encode():
             letter = make_dead_letter(value, source_topic=role, key=key, kind="key_mismatch", service="streams",
-                                      reason=f"record key {key!r} is not the trace_id {ev.trace_id!r}")
+                                      reason=f"record key ({len(key or b'')} bytes) is not the trace_id {ev.trace_id!r}")
         if letter is not None:
             self._letter(key, letter)
             return

@@ -117,9 +117,11 @@ async def test_planted_secrets_stay_out_of_logs_and_datasets(settings, tmp_path)
         in_dlq = sum(1 for le in letters for s in bad_secret.values() if s in base64.b64decode(le.raw_b64).decode(
             errors="replace"))
         in_reasons = [le.reason for le in letters if any(s in le.reason for s in bad_secret.values())]
-        print(f"\n{len(sft)} SFT, {len(dpo)} pair records checked: no planted secret; traces.scored (raw traces, "
-              f"an audit topic) holds {in_scored}/{len(secrets)} of them; the DLQ's raw bytes hold {in_dlq}; "
+        print(f"\n{len(sft)} SFT, {len(dpo)} pair records checked: no planted secret; traces.scored (redacted "
+              f"by default) holds {in_scored}/{len(secrets)} of them; the DLQ's raw bytes hold {in_dlq}; "
               f"DLQ reasons quoting one: {len(in_reasons)}")
+        leaked_scored = [s for s in secrets if s in scored]
+        assert not leaked_scored, f"secrets in the scored-traces topic: {leaked_scored[:5]}"
         assert not in_reasons, in_reasons
         log = worker.log()
         assert "dead letter" in log  # the DLQ path did log

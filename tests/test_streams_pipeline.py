@@ -154,8 +154,23 @@ def test_a_good_trace_becomes_a_redacted_sft_example() -> None:
     args = json.loads(ex.messages[2]["tool_calls"][0]["function"]["arguments"])
     assert args == {"email": "[EMAIL]"}
     assert decode(encode(ex), SFTExample) == ex
-    # the scored trace (audit topic) keeps the raw trace; the candidate is redacted
+    # the candidate and the scored trace (audit topic) are redacted too; the score is the raw trace's
     assert out.candidate.messages is not None and "jane.doe@example.com" not in json.dumps(out.candidate.messages)
+    scored = out.scored.model_dump_json()
+    assert "jane.doe@example.com" not in scored and "415-555-0132" not in scored and "[EMAIL]" in scored
+    assert out.scored.trace.steps[1].tool_args == {"email": "[EMAIL]"}
+    assert "ORD-2024-000123" in scored
+
+
+def test_scored_traces_stay_raw_only_when_asked() -> None:
+    settings = StreamsSettings()
+    raw = TracePipeline.from_settings(settings.model_copy(
+        update={"streams": settings.streams.model_copy(update={"redact_scored": False})}))
+    out = raw.process(ten_step_trace(), reference_steps=10, window_start=T0)
+    assert "jane.doe@example.com" in out.scored.model_dump_json()
+    assert out.example is not None and "jane.doe@example.com" not in out.example.model_dump_json()
+    red = TracePipeline.from_settings(settings).process(ten_step_trace(), reference_steps=10, window_start=T0)
+    assert red.scored.score == out.scored.score and red.scored.rejected_by == out.scored.rejected_by
 
 
 def test_from_settings_scores_and_gates_by_the_quality_section() -> None:
