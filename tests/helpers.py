@@ -77,3 +77,10 @@ def docker_engine_problem() -> str | None:
         return None
     except Exception as exc:  # the SDK raises several kinds; all mean "no usable engine"
         return f"no Docker engine answers ({type(exc).__name__}: {str(exc)[:120]})"
+
+
+def as_scored(trace: AgentTrace) -> AgentTrace:
+    """The trace as the streams worker publishes it on the scored topic (redacted, `streams.redact_scored`)."""
+    from streams.pii import default_redactor
+
+    return default_redactor.redact_trace(trace)[0]

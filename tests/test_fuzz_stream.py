@@ -35,7 +35,7 @@ from stillflow.dlq import decode_or_letter
 from stillflow.sdk import TraceEmitter
 from tests.fuzz_counts import count
 from tests.fuzz_inputs import bad_record, draw_batch
-from tests.helpers import make_trace, read_topics
+from tests.helpers import as_scored, make_trace, read_topics
 from tests.streams_worker import StreamsWorker, streams_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -126,7 +126,7 @@ async def test_fuzzed_bad_records_are_dead_lettered_once_and_valid_traffic_untou
             by_id.setdefault(s.trace.trace_id, []).append(s)
         assert set(by_id) == {t.trace_id for t in traces}
         assert all(len(v) == 1 for v in by_id.values()), "a valid trace scored twice"
-        assert all(by_id[t.trace_id][0].trace == t for t in traces), "a valid trace altered"
+        assert all(by_id[t.trace_id][0].trace == as_scored(t) for t in traces), "a valid trace altered"
         assert json.dumps(dict(kinds))  # the reasons and kinds are plain JSON-able data
     finally:
         worker.stop()

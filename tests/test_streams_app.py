@@ -28,7 +28,7 @@ from stillflow.contracts import (
 )
 from stillflow.kafka import read_to_end
 from stillflow.sdk import TraceEmitter
-from tests.helpers import read_topics
+from tests.helpers import as_scored, read_topics
 from tests.streams_worker import StreamsWorker, streams_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -104,7 +104,7 @@ async def test_pipeline_gates_every_error_mode(settings, tmp_path) -> None:
         by_id = {s.trace.trace_id: s for s in scored}
         assert len(by_id) == len(traces), worker.log()[-3000:]
         # every trace arrives whole and unaltered
-        assert all(by_id[t.trace_id].trace == t for t in traces)
+        assert all(by_id[t.trace_id].trace == as_scored(t) for t in traces)
 
         table: dict[str, Counter[str]] = defaultdict(Counter)
         for t in traces:
@@ -208,7 +208,7 @@ async def test_bad_input_is_dead_lettered_and_valid_traffic_untouched(settings, 
                     await em.send_raw(settings.topics.trace_steps, b"bad-1", encode(good_step), None)
         scored = await _scored(settings, len(traces))
         assert {s.trace.trace_id for s in scored} == {t.trace_id for t in traces}
-        assert all({s.trace.trace_id: s for s in scored}[t.trace_id].trace == t for t in traces)
+        assert all({s.trace.trace_id: s for s in scored}[t.trace_id].trace == as_scored(t) for t in traces)
         letters = await _decoded(settings, settings.topics.dlq, DeadLetter, expected=5, timeout=30)
         kinds = Counter(le.kind for le in letters)
         assert kinds == {"invalid_json": 1, "schema": 2, "oversize": 1, "incomplete": 1}, letters
