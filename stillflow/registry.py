@@ -17,10 +17,12 @@ Layout (one directory per model, one per version; nothing but the filesystem):
             manifest.json           sha256 of every file above, parent version, data watermark,
                                     metrics, confidence threshold, gate decision
 
-A version directory is written whole under a temporary name and renamed into place, and never
-changes afterwards: status lives in `state.json`. Every read for use (`verify`, `open`, `promote`,
-`rollback`) checks each file against its sha256 in the manifest, and refuses a version that does
-not match with `IntegrityError` naming every bad file.
+A version directory is written whole under a temporary name (`.tmp-<version>-<random>`, never listed)
+and renamed into place, and never changes afterwards: status lives in `state.json`. A writer holds the
+model's lock while it writes, so a temporary directory found under the lock was left by a writer that
+died (kill -9 mid-copy): `register` removes such leftovers before it numbers the next version.
+Every read for use (`verify`, `open`, `promote`, `rollback`) checks each file against its sha256 in
+the manifest, and refuses a version that does not match with `IntegrityError` naming every bad file.
 
 Exports `ModelRegistry`, `VersionInfo`, `RegistryError`, `IntegrityError`, `sha256_file`,
 `MANIFEST`, `STATUSES`. Transitions return the `ModelVersionEvent` to publish (the registry itself
@@ -260,6 +262,7 @@ class ModelRegistry:
         if not src.is_dir():
             raise RegistryError(f"nothing to register: {src} is not a directory")
         with self._locked():
+            self._remove_leftovers()
             version = self.next_version()
             tmp = self.dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir(parents=True)
@@ -290,6 +293,15 @@ class ModelRegistry:
             self._record(state, version, "candidate")
             self._save_state(state)
         return self.info(version), self._event(version, "candidate")
+
+    def _remove_leftovers(self) -> list[str]:
+        """Temporary version directories of writers that died (call with the lock held)."""
+        removed = []
+        for p in self.dir.iterdir():
+            if p.is_dir() and p.name.startswith(".tmp-"):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+        return removed
 
     def _event(self, version: str, status: str, *, previous: str | None = None,
                reasons: list[str] | None = None) -> ModelVersionEvent:

@@ -91,3 +91,23 @@ def test_unknown_version_and_bad_names(tmp_path: Path) -> None:
         reg.promote("v0009")
     with pytest.raises(RegistryError, match="must match"):
         ModelRegistry(tmp_path, "bad name/..")
+
+
+def test_a_half_written_version_of_a_killed_writer_is_never_listed_and_is_cleaned(tmp_path: Path) -> None:
+    """A writer killed mid-copy leaves `.tmp-<version>-<random>` (with or without a manifest): it is not a
+    version (not listed, not openable), and the next `register` (under the lock) removes it."""
+    reg = ModelRegistry(tmp_path / "reg", "student")
+    _register(reg, tmp_path, "a")
+    for name, with_manifest in ((".tmp-v0002-dead0001", False), (".tmp-v0003-dead0002", True)):
+        left = reg.dir / name
+        left.mkdir()
+        (left / "model.safetensors").write_bytes(b"half")
+        if with_manifest:
+            (left / "manifest.json").write_text("{}")
+    assert reg.versions() == ["v0001"] and [i.version for i in reg.list()] == ["v0001"]
+    with pytest.raises(RegistryError):
+        reg.path("v0002")
+    info, _ = _register(reg, tmp_path, "b")
+    assert info.version == "v0002" and reg.versions() == ["v0001", "v0002"]
+    assert not [p for p in reg.dir.iterdir() if p.name.startswith(".tmp-")]
+    reg.verify("v0002")
