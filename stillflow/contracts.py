@@ -376,6 +376,7 @@ class TrainingRunEvent(Event):
     version: str | None = None
     error: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    retry_of: str | None = Field(default=None, pattern=ID_PATTERN)  # the interrupted run this one re-runs
 
 
 class ModelVersionEvent(Event):

@@ -1,5 +1,6 @@
 """The retrain consumer through the real broker: window events crossing the threshold trigger exactly one
-run; a restart triggers none (from the disk state, and from the training.runs topic alone)."""
+run; a restart triggers none (from the disk state, and from the training.runs topic alone); an
+interrupted run is closed as failed and retried once, a retry never again."""
 
 from __future__ import annotations
 
@@ -110,23 +111,62 @@ async def test_threshold_crossing_triggers_exactly_one_run_and_restarts_none(
     assert [v.version for v in versions] == ["v0001", "v0002"]
 
 
-async def test_an_interrupted_run_is_closed_not_rerun(settings: StillflowSettings, tmp_path: Path) -> None:
+async def _publish_run(ts, event: TrainingRunEvent) -> None:
+    producer = make_producer(ts.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(ts.topics.training_runs, encode(event), key=event.run_id.encode())
+    finally:
+        await producer.stop()
+
+
+async def test_an_interrupted_run_is_closed_and_retried_once(settings: StillflowSettings, tmp_path: Path) -> None:
     ts = _trainer_settings(settings, tmp_path / "registry")
     await _send_windows(ts, [_window(0, 20)])
     # a previous trainer requested a run covering that window, then died
     wm = Watermark({}, windows=0)
-    producer = make_producer(ts.kafka)
-    await producer.start()
-    await producer.send_and_wait(ts.topics.training_runs, encode(TrainingRunEvent(
-        run_id="run-old", status="started", model_name=ts.trainer.model_name, n_new_examples=20,
-        watermark=wm.to_json())), key=b"run-old")
-    await producer.stop()
+    await _publish_run(ts, TrainingRunEvent(run_id="run-old", status="started", model_name=ts.trainer.model_name,
+                                            n_new_examples=20, watermark=wm.to_json()))
     job = StubJob()
-    assert await _run_consumer(ts, job) == 0
-    records = await read_topics(ts, [ts.topics.training_runs], expected=2, timeout=20)
+    assert await _run_consumer(ts, job) == 1  # the retry; the window itself is covered: no new run
+    assert [(r.run_id, r.watermark) for r in job.requests] == [("run-old-retry", wm)]
+    records = await read_topics(ts, [ts.topics.training_runs], expected=5, timeout=20)
     events = [decode(r.value, TrainingRunEvent) for r in records]
-    assert [(e.run_id, e.status) for e in events] == [("run-old", "started"), ("run-old", "failed")]
-    assert "interrupted" in (events[-1].error or "")
+    assert [(e.run_id, e.status, e.retry_of) for e in events] == [
+        ("run-old", "started", None), ("run-old", "failed", None), ("run-old-retry", "requested", "run-old"),
+        ("run-old-retry", "started", "run-old"), ("run-old-retry", "finished", "run-old")]
+    assert "interrupted" in (events[1].error or "") and "retried once" in (events[1].error or "")
+    # a restart does not retry it again
+    assert await _run_consumer(ts, StubJob()) == 0
+
+
+async def test_an_interrupted_retry_is_closed_and_not_retried_again(settings: StillflowSettings,
+                                                                    tmp_path: Path) -> None:
+    ts = _trainer_settings(settings, tmp_path / "registry")
+    await _send_windows(ts, [_window(0, 20)])
+    wm = Watermark({}, windows=0).to_json()
+    model = ts.trainer.model_name
+    # run-old was interrupted and closed, its retry was interrupted too (and a third run, closed as
+    # interrupted by an older trainer whose retry never got published, is still owed its retry)
+    for ev in (TrainingRunEvent(run_id="run-old", status="started", model_name=model, watermark=wm),
+               TrainingRunEvent(run_id="run-old", status="failed", model_name=model, watermark=wm,
+                                error="interrupted: the trainer stopped before the run finished; retried once"),
+               TrainingRunEvent(run_id="run-old-retry", status="started", model_name=model, watermark=wm,
+                                retry_of="run-old"),
+               TrainingRunEvent(run_id="run-other", status="failed", model_name=model, watermark=wm,
+                                error="interrupted: the trainer stopped before the run finished")):
+        await _publish_run(ts, ev)
+    job = StubJob()
+    assert await _run_consumer(ts, job) == 1
+    assert [r.run_id for r in job.requests] == ["run-other-retry"]
+    records = await read_topics(ts, [ts.topics.training_runs], expected=8, timeout=20)
+    events = [decode(r.value, TrainingRunEvent) for r in records]
+    closed = events[4]
+    assert (closed.run_id, closed.status, closed.retry_of) == ("run-old-retry", "failed", "run-old")
+    assert "not retried again" in (closed.error or "")
+    assert [(e.run_id, e.status) for e in events[5:]] == [("run-other-retry", s) for s in
+                                                          ("requested", "started", "finished")]
+    assert await _run_consumer(ts, StubJob()) == 0
 
 
 async def test_a_failing_job_is_reported_and_not_retried(settings: StillflowSettings, tmp_path: Path) -> None:

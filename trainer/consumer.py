@@ -16,9 +16,12 @@ How it works:
 - the watermark survives restarts twice over: `<registry>/<model>/trainer_state.json`, and the
   `training.runs` topic (the latest watermark of this model's run events). On start the most
   advanced of the two wins, so the same data never triggers a second run, even with the disk lost;
-  a run that was requested but never finished (the trainer died) is closed as `failed`
-  ("interrupted") and not re-run: its data is part of the next run anyway (runs train on all data
-  up to their watermark, not only the new part).
+  a run that was requested but never finished (the trainer died: kill -9, OOM, a lost node) is
+  closed as `failed` ("interrupted") and retried once, as a new run (`<run_id>-retry`, `retry_of`
+  naming it) on the same watermark, before anything new is counted. A retry that is interrupted in
+  turn is closed as failed and not retried again (a run that kills the trainer every time must not
+  loop); its data is part of the next run anyway (runs train on all data up to their watermark).
+  A job that fails by itself (an exception) is reported `failed` and not retried.
 
 The job is injectable (`job=`): a callable `(RunRequest, TrainingData) -> RunOutcome`, run in a
 thread. The default runs `trainer.job.TrainingJob` and publishes its `ModelVersionEvent`s.
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 TERMINAL = ("finished", "failed")
+INTERRUPTED = "interrupted"
+RETRY_SUFFIX = "-retry"
 
 
 @dataclass(frozen=True)
@@ -102,9 +107,11 @@ class ConsumerState:
 
 
 async def recover_runs(settings: TrainerSettings, model_name: str, *, timeout_s: float = 5.0) -> tuple[
-        dict[str, int], list[TrainingRunEvent]]:
+        dict[str, int], list[TrainingRunEvent], list[TrainingRunEvent]]:
     """From the `training.runs` topic: the most advanced window offsets a run of `model_name` covered,
-    and the runs left open (requested or started, never finished or failed)."""
+    the runs left open (requested or started, never finished or failed), and the interrupted runs
+    owed their one retry (open, or failed as interrupted, not a retry themselves, and no run names
+    them in `retry_of`): the latest event of each."""
     topic = settings.topics.training_runs
     consumer = make_consumer(settings.kafka, group_id=None)
     await consumer.start()
@@ -135,16 +142,23 @@ async def recover_runs(settings: TrainerSettings, model_name: str, *, timeout_s:
         await consumer.stop()
     offsets: dict[str, int] = {}
     open_runs: list[TrainingRunEvent] = []
-    for events in runs.values():
+    to_retry: list[TrainingRunEvent] = []
+    retried = {e.retry_of for events in runs.values() for e in events if e.retry_of}
+    for run_id, events in runs.items():
         for ev in events:
             wm = Watermark.from_json(ev.watermark) if ev.watermark else None
             if wm is not None:
                 for part, off in _window_offsets(wm).items():
                     offsets[part] = max(offsets.get(part, -1), off)
         statuses = {e.status for e in events}
-        if not statuses & set(TERMINAL):
+        is_open = not statuses & set(TERMINAL)
+        if is_open:
             open_runs.append(events[-1])
-    return offsets, open_runs
+        interrupted = is_open or any(e.status == "failed" and (e.error or "").startswith(INTERRUPTED)
+                                     for e in events)
+        if interrupted and run_id not in retried and not any(e.retry_of for e in events):
+            to_retry.append(events[-1])
+    return offsets, open_runs, to_retry
 
 
 def _window_offsets(wm: Watermark) -> dict[str, int]:
@@ -184,12 +198,13 @@ class RetrainConsumer:
         self._producer: AIOKafkaProducer | None = None
         self._sink: DeadLetterSink | None = None
         self._max_offsets: dict[str, int] = {}
+        self._retries: list[TrainingRunEvent] = []  # interrupted runs owed their one retry (start() finds them)
 
     # ---- lifecycle ----
 
     async def start(self) -> None:
         disk = ConsumerState.load(self.state_path, self.model)
-        topic_offsets, open_runs = await recover_runs(self.settings, self.model)
+        topic_offsets, open_runs, to_retry = await recover_runs(self.settings, self.model)
         merged = dict(disk.windows_offsets)
         for part, off in topic_offsets.items():
             merged[part] = max(merged.get(part, -1), off)
@@ -200,12 +215,18 @@ class RetrainConsumer:
         self._producer = make_producer(self.settings.kafka)
         await self._producer.start()
         self._sink = DeadLetterSink(self._producer, self.settings.topics.dlq)
+        retry_ids = {ev.run_id for ev in to_retry}
         for ev in open_runs:
-            log.warning("run %s was %s but never finished (the trainer stopped): closing it as failed", ev.run_id,
-                        ev.status)
+            then = ("retried once" if ev.run_id in retry_ids
+                    else f"not retried again (it retried {ev.retry_of})" if ev.retry_of else "not retried")
+            log.warning("run %s was %s but never finished (the trainer stopped): closing it as failed, %s",
+                        ev.run_id, ev.status, then)
             await self._publish(TrainingRunEvent(run_id=ev.run_id, status="failed", model_name=self.model,
                                                  n_new_examples=ev.n_new_examples, watermark=ev.watermark,
-                                                 error="interrupted: the trainer stopped before the run finished"))
+                                                 retry_of=ev.retry_of,
+                                                 error=f"{INTERRUPTED}: the trainer stopped before the run "
+                                                       f"finished; {then}"))
+        self._retries = [ev for ev in to_retry if ev.watermark]
         topic = self.settings.topics.dataset_windows
         self._consumer = make_consumer(self.settings.kafka, group_id=None)
         await self._consumer.start()
@@ -254,8 +275,12 @@ class RetrainConsumer:
         return self.runs_started - before
 
     async def poll(self) -> int:
-        """One batch: count window events, then maybe run a job. Returns the window events counted."""
+        """One batch: count window events, then maybe run a job. Returns the window events counted.
+        An interrupted run's retry goes first (it counts as one event, so `run_once` waits for it)."""
         assert self._consumer is not None, "start() first"
+        if self._retries:
+            await self._retry(self._retries.pop(0))
+            return 1
         batch = await self._consumer.getmany(timeout_ms=int(self.section.poll_timeout_s * 1000), max_records=500)
         counted = 0
         for records in batch.values():
@@ -315,15 +340,28 @@ class RetrainConsumer:
         # Persist first: whatever happens next, this data has been handed to a run.
         self.state.windows_offsets = windows
         self.state.pending = 0
-        self.state.last_run = {"run_id": run_id, "status": "requested", "watermark": json.loads(wm.to_json()),
-                               "n_new_examples": n_new}
-        self.state.save(self.state_path)
         self._publish_gauges()
+        await self._run(RunRequest(run_id, self.model, n_new, total, wm))
+
+    async def _retry(self, interrupted: TrainingRunEvent) -> None:
+        """The one retry of an interrupted run: same watermark (the same data), a new run id."""
+        assert interrupted.watermark is not None
+        run_id = f"{interrupted.run_id[:128 - len(RETRY_SUFFIX)]}{RETRY_SUFFIX}"
+        log.warning("run %s was interrupted: retrying it once as %s", interrupted.run_id, run_id)
+        await self._run(RunRequest(run_id, self.model, interrupted.n_new_examples, self.state.total,
+                                   Watermark.from_json(interrupted.watermark)), retry_of=interrupted.run_id)
+
+    async def _run(self, request: RunRequest, *, retry_of: str | None = None) -> None:
+        run_id, wm, n_new = request.run_id, request.watermark, request.n_new_examples
+        self.state.last_run = {"run_id": run_id, "status": "requested", "watermark": json.loads(wm.to_json()),
+                               "n_new_examples": n_new, "retry_of": retry_of}
+        self.state.save(self.state_path)
         self.runs_started += 1
-        request = RunRequest(run_id, self.model, n_new, total, wm)
-        base = dict(run_id=run_id, model_name=self.model, n_new_examples=n_new, watermark=wm.to_json())
+        base = dict(run_id=run_id, model_name=self.model, n_new_examples=n_new, watermark=wm.to_json(),
+                    retry_of=retry_of)
         await self._publish(TrainingRunEvent(status="requested", **base))
-        log.info("run %s: %d new examples (%d in total) → training", run_id, n_new, total)
+        log.info("run %s: %d new examples (%d in total) → training%s", run_id, n_new, request.total_examples,
+                 f" (retry of {retry_of})" if retry_of else "")
         await self._publish(TrainingRunEvent(status="started", **base))
         t0 = time.perf_counter()
         try:
