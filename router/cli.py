@@ -57,6 +57,10 @@ def _settings(args: argparse.Namespace) -> Any:
 def cmd_router(args: argparse.Namespace) -> int:
     from router.app import serve
 
+    # one INFO line per teacher request (httpx) and per group-coordinator step (aiokafka) drown the service log
+    for name in ("httpx", "aiokafka"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
     settings = _settings(args)
     s = settings.router
     log.info("router on http://%s:%d/v1 → teacher %s; registry %s (model %s)%s", s.host, s.port, s.teacher.base_url,

@@ -165,6 +165,12 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     except (ValueError, argparse.ArgumentTypeError) as exc:
         return _fail(str(exc))
     emit = args.emit
+    if args.report_to_router:
+        if not settings.sim.base_url:
+            return _fail("--report-to-router needs --base-url (the router's /v1)")
+        if emit:
+            return _fail("--report-to-router and --emit: the router publishes the trace, the fleet must not")
+        emit = False
     if emit is None or emit:
         bootstrap = _resolve_bootstrap(settings)
         if bootstrap:
@@ -202,6 +208,14 @@ async def _fleet(settings: Any, args: argparse.Namespace, emit: bool) -> Any:
         progress_interval_s=sim.progress_interval_s, task_pool=args.task_pool,
     )
     policy = None if client is not None else sim.make_policy()
+    if args.report_to_router:
+        from sim.router_outcome import RouterOutcomes
+
+        async with RouterOutcomes(sim.base_url or "", api_key=sim.api_key.get_secret_value()) as reporter:
+            report = await run_fleet(policy, emitter=reporter, openai_client=client, **common)
+        if reporter.failed:
+            print(f"outcomes not reported to the router: {reporter.failed}", file=sys.stderr)
+        return report
     if emit:
         from stillflow.sdk import TraceEmitter
 
@@ -278,6 +292,9 @@ def register(subparsers: Any) -> None:
                        help="draw tasks from a fixed set of N (tasks recur: pairs need several traces of a task)")
     fleet.add_argument("--base-url", help="OpenAI mode: chat-completions endpoint, e.g. http://127.0.0.1:8100/v1")
     fleet.add_argument("--model", help="model name sent in OpenAI mode (default teacher)")
+    fleet.add_argument("--report-to-router", action="store_true",
+                       help="--base-url is a stillflow router: report each outcome to it (it publishes the "
+                            "trace) instead of emitting the trace here")
     fleet.add_argument("--turn-delay-ms", type=float, help="in-process think time per turn")
     fleet.add_argument("--progress-interval", type=float, help="seconds between progress lines")
     fleet.add_argument("--run-id", help="trace id prefix (default random)")

@@ -123,7 +123,7 @@ async def _publish(settings: Any, events: Sequence[Any]) -> None:
 
 
 def _quiet_libraries() -> None:
-    for name in ("httpx", "datasets", "filelock", "urllib3"):
+    for name in ("httpx", "datasets", "filelock", "urllib3", "aiokafka"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import os
     import warnings
