@@ -30,8 +30,11 @@ thread. The default runs `trainer.job.TrainingJob` and publishes its `ModelVersi
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
 import logging
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -161,6 +164,15 @@ async def recover_runs(settings: TrainerSettings, model_name: str, *, timeout_s:
     return offsets, open_runs, to_retry
 
 
+def _remove_work_dirs(run_id: str) -> None:
+    """The scratch directories (`TrainingJob`'s checkpoints under the temp dir) of a run that died on
+    this host; another host's are out of reach and harmless here."""
+    for p in Path(tempfile.gettempdir()).glob(f"stillflow-{glob.escape(run_id)}-*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            log.info("removed %s, the work directory of interrupted run %s", p, run_id)
+
+
 def _window_offsets(wm: Watermark) -> dict[str, int]:
     # Watermark.windows holds the offset of partition 0; `offsets` may hold "windows:<p>" entries too.
     out = {"0": wm.windows} if wm.windows >= 0 else {}
@@ -226,6 +238,7 @@ class RetrainConsumer:
                                                  retry_of=ev.retry_of,
                                                  error=f"{INTERRUPTED}: the trainer stopped before the run "
                                                        f"finished; {then}"))
+            _remove_work_dirs(ev.run_id)
         self._retries = [ev for ev in to_retry if ev.watermark]
         topic = self.settings.topics.dataset_windows
         self._consumer = make_consumer(self.settings.kafka, group_id=None)
@@ -348,7 +361,8 @@ class RetrainConsumer:
         assert interrupted.watermark is not None
         run_id = f"{interrupted.run_id[:128 - len(RETRY_SUFFIX)]}{RETRY_SUFFIX}"
         log.warning("run %s was interrupted: retrying it once as %s", interrupted.run_id, run_id)
-        await self._run(RunRequest(run_id, self.model, interrupted.n_new_examples, self.state.total,
+        n = interrupted.n_new_examples  # the total is not counted yet (windows are re-read after the retry)
+        await self._run(RunRequest(run_id, self.model, n, max(n, self.state.total),
                                    Watermark.from_json(interrupted.watermark)), retry_of=interrupted.run_id)
 
     async def _run(self, request: RunRequest, *, retry_of: str | None = None) -> None:
