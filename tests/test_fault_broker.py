@@ -48,7 +48,7 @@ async def _read(settings: StillflowSettings, topic: str, model):  # type: ignore
     return [decode(v, model) for v in await read_to_end(settings, topic)]
 
 
-async def test_broker_paused_15s_services_reconnect_nothing_lost_or_duplicated(own_broker: EmbeddedBroker,
+async def test_broker_paused_15s_services_carry_on_nothing_lost_or_duplicated(own_broker: EmbeddedBroker,
                                                                                tmp_path) -> None:
     settings = with_bootstrap(StillflowSettings(
         kafka=KafkaSettings(session_timeout_ms=6000, heartbeat_interval_ms=1000, request_timeout_ms=30_000),
