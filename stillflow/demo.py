@@ -146,8 +146,7 @@ async def _until(pred: Any, timeout: float, interval: float = 0.5) -> bool:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
-    from stillflow.broker import EmbeddedBroker
-    from stillflow.kafka import ensure_topics, resolve_bootstrap, with_bootstrap
+    from stillflow.kafka import bootstrap_or_embedded, ensure_topics
     from stillflow.supervisor import Supervisor
 
     out = Path(args.out).resolve()
@@ -155,14 +154,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     duration = args.duration or (20 if args.quick else 60)
     rate = args.rate or 15.0
     started = time.monotonic()
-    settings = StillflowSettings()
-    bootstrap = resolve_bootstrap(settings)
-    broker = None
-    if not bootstrap:
-        broker = EmbeddedBroker(log_path=out / "broker.log").start()
-        bootstrap = broker.bootstrap_servers
-        print(f"embedded broker on {bootstrap}", flush=True)
-    settings = with_bootstrap(settings, bootstrap)
+    settings, broker = bootstrap_or_embedded(StillflowSettings(), out / "broker.log")
+    bootstrap = settings.kafka.bootstrap_servers or ""
     await ensure_topics(settings)
     env = {
         "STILLFLOW_KAFKA__BOOTSTRAP_SERVERS": bootstrap,

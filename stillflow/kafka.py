@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -15,6 +17,9 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stillflow.settings import KafkaSettings, StillflowSettings
 from stillflow.topics import TopicSpec, catalogue
+
+if TYPE_CHECKING:
+    from stillflow.broker import EmbeddedBroker
 
 __all__ = [
     "resolve_bootstrap",
@@ -36,6 +41,22 @@ def resolve_bootstrap(settings: StillflowSettings) -> str | None:
     from stillflow.broker import read_state  # local: only the CLI path needs the state file
 
     return read_state()
+
+
+def bootstrap_or_embedded(
+    settings: StillflowSettings, log_path: Path
+) -> tuple[StillflowSettings, EmbeddedBroker | None]:
+    """`settings` pointed at the configured cluster (see `resolve_bootstrap`), else at a fresh embedded
+    broker, which is returned too: the caller stops it (`stillflow up`, `stillflow demo`)."""
+    from stillflow.broker import EmbeddedBroker
+
+    bootstrap = resolve_bootstrap(settings)
+    if bootstrap:
+        print(f"broker: {bootstrap}", flush=True)
+        return with_bootstrap(settings, bootstrap), None
+    broker = EmbeddedBroker(log_path=log_path).start()
+    print(f"embedded broker on {broker.bootstrap_servers} (memory storage: its data ends with it)", flush=True)
+    return with_bootstrap(settings, broker.bootstrap_servers), broker
 
 
 def with_bootstrap(settings: StillflowSettings, bootstrap: str) -> StillflowSettings:

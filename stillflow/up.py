@@ -99,8 +99,7 @@ async def _wait_ready(sup: Any, child: Any, service: Service, timeout: float) ->
 
 
 async def run_up(args: argparse.Namespace) -> int:
-    from stillflow.broker import EmbeddedBroker
-    from stillflow.kafka import ensure_topics, resolve_bootstrap, with_bootstrap
+    from stillflow.kafka import bootstrap_or_embedded, ensure_topics
     from stillflow.supervisor import Supervisor
 
     out = Path(args.out).resolve()
@@ -109,14 +108,8 @@ async def run_up(args: argparse.Namespace) -> int:
     if not args.sim and not args.teacher_url and not _teacher_configured():
         raise UpError("the router needs a teacher: pass --teacher-url (an OpenAI-compatible /v1), set "
                       "STILLFLOW_ROUTER__TEACHER__BASE_URL, or use --sim for the simulated one")
-    bootstrap = resolve_bootstrap(settings)
-    broker = None
-    if not bootstrap:
-        broker = EmbeddedBroker(log_path=out / "broker.log").start()
-        bootstrap = broker.bootstrap_servers
-        print(f"embedded broker on {bootstrap} (memory storage: its data ends with it)", flush=True)
-    else:
-        print(f"broker: {bootstrap}", flush=True)
+    settings, broker = bootstrap_or_embedded(settings, out / "broker.log")
+    bootstrap = settings.kafka.bootstrap_servers or ""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -124,7 +117,6 @@ async def run_up(args: argparse.Namespace) -> int:
     sup = Supervisor(out / "up.log", echo=None if args.quiet else sys.stdout)
     code = 0
     try:
-        settings = with_bootstrap(settings, bootstrap)
         await ensure_topics(settings)
         env = {
             "STILLFLOW_KAFKA__BOOTSTRAP_SERVERS": bootstrap,

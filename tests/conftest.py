@@ -12,12 +12,16 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from stillflow.kafka import ensure_topics, with_bootstrap
 from stillflow.settings import KafkaSettings, StillflowSettings, TopicNames
 from tests.helpers import docker_engine_problem
+
+if TYPE_CHECKING:
+    from stillflow.broker import EmbeddedBroker
 
 # Counts fuzzed inputs per decoder and prints them in the terminal summary.
 pytest_plugins = ["tests.fuzz_counts"]
@@ -42,6 +46,19 @@ def broker() -> Iterator[str]:
 
     with EmbeddedBroker() as embedded:
         yield embedded.bootstrap_servers
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    """An embedded broker for one test alone (SIGSTOP on the session broker would stall every other test)."""
+    from stillflow.broker import EmbeddedBroker
+
+    b = EmbeddedBroker().start()
+    try:
+        yield b
+    finally:
+        b.resume()  # never leave a stopped process behind
+        b.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -34,14 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.e2e]
 PAUSE_S = 15.0
 
 
-@pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    b = EmbeddedBroker().start()
-    try:
-        yield b
-    finally:
-        b.resume()  # never leave a stopped process behind
-        b.stop()
 
 
 async def _read(settings: StillflowSettings, topic: str, model):  # type: ignore[no-untyped-def]

@@ -10,7 +10,6 @@ import time
 import tracemalloc
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,15 +24,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEP = {"step_type": "reasoning", "content": "r" * 300}
 
 
-@pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    """A broker for this test alone: SIGSTOP on the session broker would stall every other test."""
-    b = EmbeddedBroker().start()
-    try:
-        yield b
-    finally:
-        b.resume()  # never leave a stopped process behind
-        b.stop()
 
 
 async def _settings(broker: EmbeddedBroker, *, max_in_flight: int, send_timeout_s: float) -> StillflowSettings:
