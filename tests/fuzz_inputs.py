@@ -13,8 +13,11 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+
+from stillflow.contracts import Limits, get_limits, set_limits
 
 __all__ = [
     "KINDS",
@@ -253,3 +256,16 @@ def draw_batch(strategy: st.SearchStrategy[Any], n: int) -> list[Any]:
 
     collect()
     return out
+
+
+# Small size limits for the fuzz modules: oversize inputs are cheap to make and the limits are exercised.
+FUZZ_LIMITS = Limits(max_step_content_chars=20_000, max_event_bytes=60_000)
+
+
+@pytest.fixture(scope="module")
+def small_limits():
+    """Use as `pytestmark = pytest.mark.usefixtures("small_limits")` after importing it."""
+    old = get_limits()
+    set_limits(FUZZ_LIMITS)
+    yield
+    set_limits(old)

@@ -39,10 +39,21 @@ from stillflow.contracts import (
     set_limits,
 )
 from tests.fuzz_counts import count
-from tests.fuzz_inputs import FUZZ, KINDS, NASTY, any_record, bad_record, json_values, valid_outcome, valid_step
+from tests.fuzz_inputs import (  # noqa: F401 - small_limits: a fixture
+    FUZZ,
+    FUZZ_LIMITS,
+    KINDS,
+    NASTY,
+    any_record,
+    bad_record,
+    json_values,
+    small_limits,
+    valid_outcome,
+    valid_step,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-LIMITS = Limits(max_step_content_chars=20_000, max_event_bytes=60_000)
+LIMITS = FUZZ_LIMITS
 
 
 def _samples() -> dict[type[BaseModel], BaseModel]:
@@ -78,13 +89,7 @@ MODELS = list(SAMPLES)
 BASES = {m: encode(ev) for m, ev in SAMPLES.items()}
 REQUIRED = {m: tuple(n for n, f in m.model_fields.items() if f.is_required()) for m in MODELS}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _small_limits():
-    old = get_limits()
-    set_limits(LIMITS)
-    yield
-    set_limits(old)
+pytestmark = pytest.mark.usefixtures("small_limits")
 
 
 def check_decode(raw: bytes | str, model: type[BaseModel]) -> BaseModel | None:

@@ -40,22 +40,25 @@ from streams.pipeline import TracePipeline
 from streams.settings import StreamsSettings
 from streams.windows import window_end_for, window_start_for
 from tests.fuzz_counts import count
-from tests.fuzz_inputs import FUZZ, KINDS, NASTY, bad_record, valid_outcome, valid_step
+from tests.fuzz_inputs import (  # noqa: F401 - small_limits: a fixture
+    FUZZ,
+    FUZZ_LIMITS,
+    KINDS,
+    NASTY,
+    bad_record,
+    small_limits,
+    valid_outcome,
+    valid_step,
+)
 from tests.helpers import make_trace
 
-LIMITS = Limits(max_step_content_chars=20_000, max_event_bytes=60_000)
+LIMITS = FUZZ_LIMITS
 STEP_BASE = encode(TraceStepEvent(trace_id="t1", task_id="k1", seq=0, step={"step_type": "reasoning", "content": "x"}))
 OUTCOME_BASE = encode(TraceOutcomeEvent.from_trace(make_trace(1, 3), include_steps=False))
 ASSEMBLY_KINDS = {"too_many_steps", "seq_out_of_range", "trace_mismatch"}
 PIPELINE = TracePipeline.from_settings(StreamsSettings())
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _small_limits():
-    old = get_limits()
-    set_limits(LIMITS)
-    yield
-    set_limits(old)
+pytestmark = pytest.mark.usefixtures("small_limits")
 
 
 def check_letter(raw: bytes | None, model: type, key: bytes | None = b"k") -> DeadLetter | None:
