@@ -134,7 +134,8 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
     else:
         env.update(STILLFLOW_STREAMS__APP_ID=app_id, STILLFLOW_STREAMS__SESSION_TIMEOUT_S="6",
                    STILLFLOW_STREAMS__STANDBY_REPLICAS="0", STILLFLOW_STREAMS__DATA_DIR=str(log_dir / "data"))
-        cmd = [sys.executable, "-m", "stillflow.cli", "streams", "--web-port", str(port), "--loglevel", "warning"]
+        loglevel = os.environ.get("BENCH_LOGLEVEL", "warning")
+        cmd = [sys.executable, "-m", "stillflow.cli", "streams", "--web-port", str(port), "--loglevel", loglevel]
         out_topic, per_round_out = s.topics.traces_scored, n_traces
         if os.environ.get("BENCH_PROFILE"):  # cProfile the pipeline worker (written when it stops)
             cmd = [sys.executable, "-m", "cProfile", "-o", os.environ["BENCH_PROFILE"], *cmd[1:]]

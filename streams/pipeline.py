@@ -73,25 +73,28 @@ class TracePipeline:
     ) -> Processed:
         assessment = self.scorer.assess(trace, reference_steps=reference_steps, reasoning_quality=reasoning_quality)
         verdict = self.gates.check(trace, assessment)
-        # Scored on the trace as sent; what leaves the stream is redacted (the scored trace below).
+        # Scored and gated on the trace as sent; what leaves the stream is redacted. With the scored trace
+        # redacted too, the trace is redacted once and the conversation formatted from it.
         counts: Counter[str] = Counter()
         example: SFTExample | None = None
         error: str | None = None
-        messages = trace_to_messages(trace)
-        if self.redact:
-            messages, _ = self.redactor.redact_messages(messages, counts)
+        if self.redact_scored:
+            shown, found = self.redactor.redact_trace(trace)
+            counts.update(found)
+            messages = trace_to_messages(shown)
+            red = self.redactor.redact_text  # the gate reasons quote outputs and answers
+            failures = tuple(replace(f, reason=red(f.reason)) for f in verdict.failures)
+            scored = to_scored_trace(shown, assessment, replace(verdict, failures=failures))
+        else:
+            messages = trace_to_messages(trace)
+            if self.redact:
+                messages, _ = self.redactor.redact_messages(messages, counts)
+            scored = to_scored_trace(trace, assessment, verdict)
         if verdict.passed:
             try:
                 example = to_sft_example(trace, assessment.score, window_start=window_start, messages=messages)
             except FormatError as exc:
                 error = exc.message
-        if self.redact_scored:  # the gate reasons quote outputs and answers: redacted like the trace
-            red = self.redactor.redact_text
-            shown = self.redactor.redact_trace(trace)[0]
-            failures = tuple(replace(f, reason=red(f.reason)) for f in verdict.failures)
-            scored = to_scored_trace(shown, assessment, replace(verdict, failures=failures))
-        else:
-            scored = to_scored_trace(trace, assessment, verdict)
         candidate = candidate_from(
             trace,
             assessment,
