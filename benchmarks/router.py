@@ -193,7 +193,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tport, rport, sport = free_port(), free_port(), free_port()
         teacher = f"http://127.0.0.1:{tport}/v1"
         stack.enter_context(_process(["sim", "teacher-server", "--port", str(tport), "--policy", "perfect",
-                                      "--latency-ms", str(args.teacher_latency_ms), "--jitter-ms", "0"],
+                                      "--latency-ms", str(args.teacher_latency_ms),
+                                      "--jitter-ms", str(args.teacher_jitter_ms)],
                                      env, work / "teacher.log", f"http://127.0.0.1:{tport}/healthz"))
         stack.enter_context(_process(["router", "--port", str(rport), "--teacher-url", teacher, "--teacher-only"],
                                      env, work / "router.log", f"http://127.0.0.1:{rport}/readyz"))
@@ -226,6 +227,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     added16 = added["16"]["added_p99_ms"]
     return {
         "teacher_latency_ms": args.teacher_latency_ms,
+        "teacher_jitter_ms": args.teacher_jitter_ms,
         "router_added": added,
         "student_path": student,
         "swap_under_load": swap,
@@ -238,6 +240,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher-latency-ms", type=float, default=20.0)
+    ap.add_argument("--teacher-jitter-ms", type=float, default=0.0,
+                    help="± uniform jitter of the sim teacher; 0 sends the clients' requests in lockstep waves")
     ap.add_argument("--requests", type=int, default=300, help="requests per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="alternating direct/routed rounds per concurrency")
     args = ap.parse_args()

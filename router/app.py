@@ -75,7 +75,10 @@ def _lower(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-def create_app(settings: RouterSettings | None = None, service: RouterService | None = None) -> FastAPI:
+def create_app(settings: RouterSettings | None = None, service: RouterService | None = None, *,
+               freeze_heap: bool = False) -> FastAPI:
+    """The FastAPI app. `freeze_heap`: once started, freeze the startup heap out of the GC's full
+    collections (`stillflow.gcheap`; `serve` sets it: the process is the router's alone)."""
     settings = settings or RouterSettings()
     svc = service or RouterService(settings)
     auth = _Auth(settings.router.api_keys)
@@ -85,6 +88,10 @@ def create_app(settings: RouterSettings | None = None, service: RouterService | 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await svc.start()
+        if freeze_heap:
+            from stillflow.gcheap import freeze_startup_heap
+
+            freeze_startup_heap()
         try:
             yield
         finally:
@@ -178,5 +185,5 @@ def serve(settings: RouterSettings, *, log_level: str = "info") -> None:
     """Serve on `router.host:router.port` until interrupted (SIGINT / SIGTERM stop it cleanly)."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=settings.router.host, port=settings.router.port, log_level=log_level,
-                access_log=False)
+    uvicorn.run(create_app(settings, freeze_heap=True), host=settings.router.host, port=settings.router.port,
+                log_level=log_level, access_log=False)

@@ -17,6 +17,7 @@ and it streams the finished turn to its own client itself. `transport=` takes an
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ import httpx
 from router.settings import TeacherSection
 
 __all__ = ["CircuitBreaker", "TeacherClient", "TeacherReply", "TeacherUnavailable", "TeacherRejected"]
+
+_POOL_CONNECTIONS = 16  # connections per httpx pool (see TeacherClient.__init__)
 
 # Headers passed through to the teacher (the sim teacher reads both; real providers ignore them).
 FORWARDED_HEADERS = ("x-stillflow-trace-id", "x-stillflow-task-id")
@@ -111,10 +114,18 @@ class TeacherClient:
         if section.api_key is not None:
             headers["authorization"] = f"Bearer {section.api_key.get_secret_value()}"
         timeout = httpx.Timeout(section.timeout_s, connect=section.connect_timeout_s)
-        limits = httpx.Limits(max_connections=section.max_connections,
-                              max_keepalive_connections=section.max_connections)
-        self._http = httpx.AsyncClient(base_url=section.base_url.rstrip("/") + "/", headers=headers,
-                                       timeout=timeout, limits=limits, transport=transport)
+        # Several small pools instead of one big one: httpcore's pool bookkeeping on every request walks
+        # its connections once per connection (is_idle, socket checks); with 64 connections in one pool it
+        # was two thirds of the router's CPU under load. A request takes the least busy pool.
+        n = max(1, math.ceil(section.max_connections / _POOL_CONNECTIONS))
+        per = math.ceil(section.max_connections / n)
+        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+        self._pools = [
+            httpx.AsyncClient(base_url=section.base_url.rstrip("/") + "/", headers=headers, timeout=timeout,
+                              limits=limits, transport=transport)
+            for _ in range(n)
+        ]
+        self._busy = [0] * n
 
     @property
     def worst_case_s(self) -> float:
@@ -124,7 +135,16 @@ class TeacherClient:
         return (s.retries + 1) * (s.timeout_s + s.connect_timeout_s) + backoff
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
+
+    async def _post(self, payload: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        i = min(range(len(self._pools)), key=self._busy.__getitem__)
+        self._busy[i] += 1
+        try:
+            return await self._pools[i].post("chat/completions", json=payload, headers=headers)
+        finally:
+            self._busy[i] -= 1
 
     async def complete(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> TeacherReply:
         """POST /chat/completions; raises `TeacherUnavailable` or `TeacherRejected`."""
@@ -146,7 +166,7 @@ class TeacherClient:
             if attempt:
                 await asyncio.sleep(self.section.retry_backoff_s * 2 ** (attempt - 1))
             try:
-                resp = await self._http.post("chat/completions", json=payload, headers=fwd)
+                resp = await self._post(payload, fwd)
             except httpx.TimeoutException as exc:
                 last = TeacherUnavailable("timeout", f"the teacher timed out ({type(exc).__name__})")
             except httpx.TransportError as exc:
