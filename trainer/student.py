@@ -129,7 +129,7 @@ def pretrained_student(path_or_id: str, section: StudentSection | None = None) -
     s = section or StudentSection()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_id, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, local_files_only=True, use_safetensors=True)
     except OSError as exc:
         raise FileNotFoundError(
             f"cannot load {path_or_id!r} from local files (nothing is downloaded): {exc}"
@@ -182,7 +182,7 @@ def load_student(path: str | Path, device: str = "cpu") -> Student:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     model.to(device)
     model.eval()
     return Student(model, tokenizer, str(path))
