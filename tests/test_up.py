@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from stillflow.broker import die_with_parent, free_port
 from stillflow.cli import build_parser
 from stillflow.up import plan_services
+from tests.up_process import metric_total, running_up, wait_for_scored
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -56,51 +52,18 @@ def test_up_without_a_teacher_says_what_to_do(tmp_path: Path) -> None:
     assert "--teacher-url" in proc.stderr and "--sim" in proc.stderr
 
 
-def _metric(url: str, name: str) -> float:
-    try:
-        text = urllib.request.urlopen(url, timeout=2).read().decode()
-    except OSError:
-        return 0.0
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
-
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_up_with_the_sim_turns_traffic_into_scored_traces(tmp_path: Path) -> None:
-    ports = {k: free_port() for k in ("router", "streams", "trainer", "teacher")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STILLFLOW_")}
-    env.update(STILLFLOW_STATE_DIR=str(tmp_path / "state"), STILLFLOW_STREAMS__SESSION_TIMEOUT_S="6",
-               STILLFLOW_SIM__LATENCY_MS="50", STILLFLOW_SIM__LATENCY_JITTER_MS="10")
-    cmd = [sys.executable, "-m", "stillflow.cli", "up", "--sim", "--quick", "--out", str(tmp_path / "up"),
-           "--router-port", str(ports["router"]), "--streams-port", str(ports["streams"]),
-           "--trainer-metrics-port", str(ports["trainer"]), "--teacher-port", str(ports["teacher"]),
-           "--fleet-rate", "4", "--window", "5", "--quiet"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=die_with_parent)
-    streams = f"http://127.0.0.1:{ports['streams']}/metrics"
-    router = f"http://127.0.0.1:{ports['router']}/metrics"
-    try:
-        deadline = time.monotonic() + 150
-        scored = served = 0.0
-        while time.monotonic() < deadline and proc.poll() is None:
-            scored = _metric(streams, "stillflow_streams_traces_scored_total")
-            served = _metric(router, "stillflow_router_requests_total")
-            if scored >= 10:
-                break
-            time.sleep(1)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    with running_up(tmp_path) as up:
+        scored, served = wait_for_scored(up)
+        assert up.proc.poll() is None, up.proc.stdout.read() if up.proc.stdout else ""
         assert served > 0, "the fleet's requests did not go through the router"
         assert scored >= 10, f"only {scored} traces scored from the router's events"
-        assert _metric(streams, "stillflow_streams_dead_letters_total") == 0
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    assert proc.returncode == 0, out[-3000:]
+        assert metric_total(up.metrics_url("streams"), "stillflow_streams_dead_letters_total") == 0
+    out = up.output[-1]
+    assert up.proc.returncode == 0, out[-3000:]
     assert "stillflow is up" in out and "stopping" in out
-    log = (tmp_path / "up" / "up.log").read_text()
+    log = (up.out_dir / "up.log").read_text()
     for name in ("streams", "trainer", "teacher", "router", "fleet"):
         assert f"started {name}" in log
