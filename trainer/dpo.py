@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.settings import DPOSection
-from trainer.sft import LossRecorder, StageResult, length_filter, quiet_printer, save_student, training_device_args
+from trainer.sft import LossRecorder, StageResult, common_training_args, length_filter, train_and_save
 
 if TYPE_CHECKING:
     from trainer.student import Student
@@ -81,26 +81,11 @@ def run_dpo(
     weights = [1.0, section.sft_weight] if section.sft_weight > 0 else None
     losses: list[dict[str, float]] = []
     config = DPOConfig(
-        output_dir=str(out_dir / "trainer_state"),
-        num_train_epochs=section.epochs,
-        max_steps=section.max_steps,
-        per_device_train_batch_size=section.batch_size,
-        gradient_accumulation_steps=section.grad_accum,
-        learning_rate=section.learning_rate,
+        **common_training_args(section, out_dir, max_steps=section.max_steps, seed=seed, progress=progress,
+                               device=device),
         beta=section.beta,
         loss_type=loss_type,
         loss_weights=weights,
-        max_length=section.max_length,
-        gradient_checkpointing=False,
-        logging_steps=section.logging_steps,
-        logging_first_step=True,
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=not progress,
-        **training_device_args(device),
     )
     trainer = DPOTrainer(
         model=student.model,
@@ -110,9 +95,4 @@ def run_dpo(
         processing_class=student.tokenizer,
         callbacks=[LossRecorder.make("dpo", losses)],
     )
-    quiet_printer(trainer)
-    out = trainer.train()
-    student.model = trainer.model
-    checkpoint = save_student(student.model, student.tokenizer, out_dir)
-    return StageResult("dpo", checkpoint, steps=int(out.global_step), seconds=time.perf_counter() - t0,
-                       examples=len(kept), dropped=dropped, losses=losses)
+    return train_and_save("dpo", trainer, student, out_dir, t0, examples=len(kept), dropped=dropped, losses=losses)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.settings import SFTSection
+from trainer.settings import DPOSection, SFTSection
 
 if TYPE_CHECKING:
     from trainer.student import Student
@@ -131,6 +131,42 @@ def training_device_args(device: str) -> dict[str, Any]:
     return {"bf16": False, "fp16": False, "use_cpu": True}
 
 
+def common_training_args(section: SFTSection | DPOSection, out_dir: Path, *, max_steps: int, seed: int,
+                         progress: bool, device: str) -> dict[str, Any]:
+    """The TrainingArguments SFT and DPO share: budget, batch, lr, length, logging, no checkpoints or
+    reporting, seeded data order, in-process data loading, the device's precision."""
+    return {
+        "output_dir": str(out_dir / "trainer_state"),
+        "num_train_epochs": section.epochs,
+        "max_steps": max_steps,
+        "per_device_train_batch_size": section.batch_size,
+        "gradient_accumulation_steps": section.grad_accum,
+        "learning_rate": section.learning_rate,
+        "max_length": section.max_length,
+        "gradient_checkpointing": False,
+        "logging_steps": section.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": seed,
+        "data_seed": seed,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": not progress,
+        **training_device_args(device),
+    }
+
+
+def train_and_save(stage: str, trainer: Any, student: Student, out_dir: Path, started: float, *, examples: int,
+                   dropped: int, losses: list[dict[str, float]]) -> StageResult:
+    """Run a built trl trainer, keep its model in `student`, save the checkpoint to `out_dir`."""
+    quiet_printer(trainer)
+    out = trainer.train()
+    student.model = trainer.model
+    checkpoint = save_student(student.model, student.tokenizer, out_dir)
+    return StageResult(stage, checkpoint, steps=int(out.global_step), seconds=time.perf_counter() - started,
+                       examples=examples, dropped=dropped, losses=losses)
+
+
 def save_student(model: Any, tokenizer: Any, path: Path) -> Path:
     """Write the model (LoRA merged) as safetensors and its tokenizer; returns `path`."""
     from trainer.student import merge_lora
@@ -189,29 +225,13 @@ def run_sft(
     losses: list[dict[str, float]] = []
     steps = planned_steps(section, len(kept))
     config = SFTConfig(
-        output_dir=str(out_dir / "trainer_state"),
-        num_train_epochs=section.epochs,
-        max_steps=steps,
-        per_device_train_batch_size=section.batch_size,
-        gradient_accumulation_steps=section.grad_accum,
-        learning_rate=section.learning_rate,
+        **common_training_args(section, out_dir, max_steps=steps, seed=seed, progress=progress, device=device),
         lr_scheduler_type=section.lr_scheduler,
         warmup_steps=section.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=section.weight_decay,
-        max_length=section.max_length,
         assistant_only_loss=True,
-        gradient_checkpointing=False,
         train_sampling_strategy="group_by_length",
-        logging_steps=section.logging_steps,
-        logging_first_step=True,
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=not progress,
         dataset_num_proc=None,
-        **training_device_args(device),
     )
     trainer = SFTTrainer(
         model=student.model,
@@ -220,9 +240,4 @@ def run_sft(
         processing_class=student.tokenizer,
         callbacks=[LossRecorder.make("sft", losses)],
     )
-    quiet_printer(trainer)
-    out = trainer.train()
-    student.model = trainer.model
-    checkpoint = save_student(student.model, student.tokenizer, out_dir)
-    return StageResult("sft", checkpoint, steps=int(out.global_step), seconds=time.perf_counter() - t0,
-                       examples=len(kept), dropped=dropped, losses=losses)
+    return train_and_save("sft", trainer, student, out_dir, t0, examples=len(kept), dropped=dropped, losses=losses)
