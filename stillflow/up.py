@@ -5,7 +5,7 @@ running `stillflow broker`), the topic catalogue, a streams worker, the retrain 
 the router; with `--sim` also the sim teacher server (the router's teacher) and a sim agent fleet that
 talks to the router and reports its outcomes there, so the flywheel turns on its own. Each service is
 its own process (`stillflow.supervisor`): their output goes, prefixed with the service name, to the
-terminal and to `<out>/up.log`. A service that exits stops everything with its last lines shown;
+terminal and to `<out>/up.log`. A service that fails (non-zero exit) stops everything with its last lines shown;
 Ctrl-C (or SIGTERM) stops the services newest first, then the broker.
 """
 
@@ -136,9 +136,8 @@ async def run_up(args: argparse.Namespace) -> int:
             print(f"  {service.name:8s} pid {child.proc.pid:<7d} {where}", flush=True)
         print(f"  router   OpenAI base URL http://127.0.0.1:{args.router_port}/v1 ; log {out / 'up.log'}\n"
               "Ctrl-C stops everything.", flush=True)
-        fleet = next((c for s, c in children if s.name == "fleet"), None)
         while not stop.is_set():
-            failed = [c for c in sup.failed() if c is not fleet or c.proc.returncode not in (0, None)]
+            failed = sup.failed()  # non-zero exits only: the fleet ends with 0 when its --fleet-duration is over
             if failed:
                 c = failed[0]
                 raise UpError(f"{c.name} exited with {c.proc.returncode}: " + "".join(c.lines[-8:]).strip())

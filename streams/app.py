@@ -461,7 +461,7 @@ class StreamsApp:
         s = self.settings.streams
         wkey = window_key(w.start)
         cand_keys = [f"c:{wkey}:{task}" for task in tasks]
-        candidates = [as_model(PairCandidate, c) for k in cand_keys for c in work.candidates_of(k, self.windows)]
+        candidates = [c for k in cand_keys for c in work.candidates_of(k, self.windows)]
         pairs = mine_pairs(candidates, min_gap=s.pair_min_gap, require_chosen_passed=s.pair_require_chosen_passed,
                            window_start=w.start)
         pending = self._pending.pop(wkey, _PendingWindow())
