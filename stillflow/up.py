@@ -25,7 +25,7 @@ from typing import Any
 
 from stillflow.settings import StillflowSettings
 
-__all__ = ["register", "plan_services", "Service"]
+__all__ = ["register", "plan_services", "start_services", "Service", "UpError"]
 
 
 class UpError(RuntimeError):
@@ -98,6 +98,18 @@ async def _wait_ready(sup: Any, child: Any, service: Service, timeout: float) ->
     raise UpError(f"{service.name} not ready after {timeout:.0f} s ({service.ready_url})")
 
 
+async def start_services(sup: Any, services: list[Service], env: dict[str, str],
+                         ready_timeout: float) -> list[tuple[Service, Any]]:
+    """Start `services` in order, each ready (its `ready_url` answers) before the next starts; raises
+    `UpError` naming the service that exited or did not become ready (`stillflow up`, `stillflow demo`)."""
+    children = []
+    for service in services:
+        child = sup.start(service.name, service.args, env=env)
+        children.append((service, child))
+        await _wait_ready(sup, child, service, ready_timeout)
+    return children
+
+
 async def run_up(args: argparse.Namespace) -> int:
     from stillflow.kafka import bootstrap_or_embedded, ensure_topics
     from stillflow.supervisor import Supervisor
@@ -125,11 +137,7 @@ async def run_up(args: argparse.Namespace) -> int:
         }
         if args.app_id:
             env["STILLFLOW_STREAMS__APP_ID"] = args.app_id
-        children = []
-        for service in plan_services(args, out):
-            child = sup.start(service.name, service.args, env=env)
-            children.append((service, child))
-            await _wait_ready(sup, child, service, args.ready_timeout)
+        children = await start_services(sup, plan_services(args, out), env, args.ready_timeout)
         print("\nstillflow is up:", flush=True)
         for service, child in children:
             where = service.ready_url or service.metrics_url or ""
