@@ -1,0 +1,52 @@
+"""When the demo moves on and when it stops (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stillflow.demo_phases import Budgets, Progress, decide
+
+B = Budgets(teacher_phase_s=100, student_phase_s=30, retrain_wait_s=20, final_phase_s=10, max_s=300)
+
+
+def test_teacher_only_until_a_student_is_live_or_its_budget_is_spent() -> None:
+    assert decide(Progress(now=50, traffic_start=10), B).stage == "teacher-only"
+    assert not decide(Progress(now=109, traffic_start=10), B).stop
+    step = decide(Progress(now=110, traffic_start=10), B)
+    assert step.stop and "no student went live" in step.reason and "none was promoted" in step.reason
+    step = decide(Progress(now=110, traffic_start=10, run_in_progress=True), B)
+    assert step.stop and "still going" in step.reason
+
+
+def test_student_phase_then_waits_for_a_running_retrain_within_its_budget() -> None:
+    live = dict(traffic_start=10, first_live=60)
+    assert decide(Progress(now=80, **live), B).stage == "student"
+    step = decide(Progress(now=90, **live), B)
+    assert step.stop and "no later version" in step.reason
+    assert decide(Progress(now=95, run_in_progress=True, **live), B).stage == "waiting-for-retrain"
+    step = decide(Progress(now=110, run_in_progress=True, **live), B)
+    assert step.stop and "still running" in step.reason
+
+
+def test_final_phase_after_a_later_version_goes_live() -> None:
+    p = dict(traffic_start=10, first_live=60, latest_live=100)
+    assert decide(Progress(now=105, **p), B).stage == "final" and not decide(Progress(now=105, **p), B).stop
+    step = decide(Progress(now=110, **p), B)
+    assert step.stop and "final phase" in step.reason
+
+
+def test_the_overall_budget_and_the_fleet_end_any_stage() -> None:
+    step = decide(Progress(now=300, traffic_start=10, first_live=290), B)
+    assert step.stop and "time budget" in step.reason and step.stage == "student"
+    step = decide(Progress(now=20, traffic_start=10, fleet_done=True), B)
+    assert step.stop and "fleet" in step.reason
+
+
+def test_profiles_fit_their_limits_and_overrides_apply() -> None:
+    assert Budgets.quick().max_s < 300 and Budgets.full().max_s < 900
+    b = Budgets.quick().with_overrides(student_phase_s=5, final_phase_s=None)
+    assert b.student_phase_s == 5 and b.final_phase_s == Budgets.quick().final_phase_s
+    with pytest.raises(ValueError, match="max_s"):
+        Budgets.quick().with_overrides(max_s=0)
+    with pytest.raises(ValueError, match="retrain_wait_s"):
+        Budgets.quick().with_overrides(retrain_wait_s=-1)
