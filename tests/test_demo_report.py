@@ -1,0 +1,201 @@
+"""The demo's report (pure, plus the PNGs): acceptance checks, threshold sweep, report.md / report.json."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stillflow.contracts import ModelVersionEvent, TrainingRunEvent
+from stillflow.demo_ledger import CostModel, Ledger
+from stillflow.demo_report import (
+    EPISODE_FIELDS,
+    acceptance_checks,
+    build_report,
+    render_markdown,
+    threshold_sweep,
+    write_plots,
+)
+from tests.test_demo_ledger import T0, _flywheel_ledger, at, decision, outcome
+
+
+def phase(index: int, version: str | None, requests: int, student: int, episodes: int, ok: int,
+          cost: float | None) -> dict[str, Any]:
+    return {"index": index, "label": "teacher-only" if version is None else f"student {version}", "version": version,
+            "requests": requests, "student_requests": student, "student_share": student / requests if requests else None,
+            "episodes": episodes, "successes": ok, "success_rate": ok / episodes if episodes else None,
+            "cost_per_task_usd": cost}
+
+
+PROMOTED = [{"version": "v0001", "t_s": 58.0}]
+
+
+def by_name(checks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in checks}
+
+
+def test_checks_pass_when_the_student_serves_well_and_cheaply() -> None:
+    phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 400, 300, 100, 88, 0.004)]
+    c = by_name(acceptance_checks(phases, PROMOTED))
+    assert all(x["result"] == "PASS" for x in c.values()), c
+    assert c["student_share_last_phase"]["value"] == 0.75
+    assert c["task_success_vs_teacher"]["value"] == pytest.approx(0.88 / 0.9, abs=1e-4)
+    assert c["cost_per_task_down"]["value"] == pytest.approx(0.4)
+
+
+def test_checks_fail_on_their_figures() -> None:
+    phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 400, 200, 100, 80, 0.012)]
+    c = by_name(acceptance_checks(phases, PROMOTED))
+    assert c["promoted_student"]["passed"]
+    assert not c["student_share_last_phase"]["passed"]  # 50% < 60%
+    assert not c["task_success_vs_teacher"]["passed"]  # 0.80 / 0.90 < 95%
+    assert not c["cost_per_task_down"]["passed"]  # dearer
+    # the last phase is what counts, not the first student phase
+    phases.append(phase(2, "v0002", 300, 240, 80, 78, 0.003))
+    c = by_name(acceptance_checks(phases, PROMOTED + [{"version": "v0002", "t_s": 200.0}]))
+    assert all(x["passed"] for x in c.values())
+
+
+def test_without_a_student_phase_every_check_fails_and_says_why() -> None:
+    c = by_name(acceptance_checks([phase(0, None, 900, 0, 300, 280, 0.01)], []))
+    assert [x["result"] for x in c.values()] == ["FAIL"] * 4
+    assert c["promoted_student"]["detail"] == "no version was promoted"
+    assert "no student went live" in c["task_success_vs_teacher"]["detail"]
+    assert "no student went live" in c["cost_per_task_down"]["detail"]
+
+
+def test_too_few_requests_or_episodes_are_not_judged() -> None:
+    phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 5, 5, 2, 2, 0.001)]
+    c = by_name(acceptance_checks(phases, PROMOTED))
+    assert not c["student_share_last_phase"]["passed"] and "too few" in c["student_share_last_phase"]["detail"]
+    assert not c["cost_per_task_down"]["passed"] and "too few" in c["cost_per_task_down"]["detail"]
+    phases = [phase(0, None, 10, 0, 3, 3, 0.01), phase(1, "v0001", 400, 300, 100, 90, 0.001)]
+    c = by_name(acceptance_checks(phases, PROMOTED))
+    assert "no baseline" in c["task_success_vs_teacher"]["detail"]
+
+
+def test_a_student_phase_the_student_served_nothing_of_proves_nothing_about_success_or_cost() -> None:
+    # cheaper and as good, but only because the task mix differed: every answer was the teacher's
+    phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 400, 0, 100, 92, 0.009)]
+    c = by_name(acceptance_checks(phases, PROMOTED))
+    for name in ("student_share_last_phase", "task_success_vs_teacher", "cost_per_task_down"):
+        assert c[name]["result"] == "FAIL", c[name]
+    assert "served none of the 400 requests" in c["cost_per_task_down"]["detail"]
+
+
+def eval_report(with_episodes: bool = True) -> dict[str, Any]:
+    rep: dict[str, Any] = {
+        "quality_ratio": 0.8, "confidence": {"threshold": 0.7, "coverage": 0.5},
+        "student": {"episodes": 4, "success_rate": 0.5, "quality": 0.6, "tokens_per_task": 500.0},
+        "teacher": {"episodes": 4, "success_rate": 1.0, "quality": 0.9, "tokens_per_task": 1000.0},
+    }
+    if with_episodes:
+        # confident episodes succeed; unconfident ones fail: a higher threshold buys success with cost
+        rep["episodes"] = [
+            {"task_id": f"k{i}", "student": {"confidence": c, "success": c >= 0.7, "quality": 0.9 if c >= 0.7 else 0.3,
+                                             "tokens": 500},
+             "teacher": {"success": True, "quality": 0.9, "tokens": 1000}}
+            for i, c in enumerate((0.9, 0.8, 0.5, 0.2))
+        ]
+    return rep
+
+
+def test_threshold_sweep_trades_quality_for_cost() -> None:
+    cm = CostModel(teacher_price_per_1k=0.01, student_price_per_1k=0.001)
+    sw = threshold_sweep(eval_report(), cm, operating_threshold=0.7)
+    assert sw["missing"] == []
+    pts = {p["threshold"]: p for p in sw["points"]}
+    assert pts[0.0]["coverage"] == 1.0 and pts[0.0]["success_rate"] == 0.5
+    assert pts[0.0]["cost_per_task_usd"] == pytest.approx(0.0005)  # 500 student tokens each
+    assert pts[0.7]["coverage"] == 0.5 and pts[0.7]["success_rate"] == 1.0
+    # 4 x 500 student tokens + 2 escalations x 1000 teacher tokens, over 4 tasks
+    assert pts[0.7]["cost_per_task_usd"] == pytest.approx((4 * 0.0005 + 2 * 0.01) / 4)
+    top = sw["points"][-1]
+    assert top["all_teacher"] and top["coverage"] == 0 and top["success_rate"] == 1.0
+    costs = [p["cost_per_task_usd"] for p in sw["points"]]
+    assert costs == sorted(costs)  # a higher threshold never costs less
+    assert sw["teacher_only"]["cost_per_task_usd"] == pytest.approx(0.01)
+    assert sw["student_only"]["cost_per_task_usd"] == pytest.approx(0.0005)
+
+
+def test_threshold_sweep_without_per_episode_data_names_what_it_needs() -> None:
+    sw = threshold_sweep(eval_report(with_episodes=False), CostModel())
+    assert sw["points"] == [] and sw["missing"] == [f"episodes[].{f}" for f in EPISODE_FIELDS]
+    assert sw["teacher_only"]["success_rate"] == 1.0 and sw["student_only"]["success_rate"] == 0.5
+    rep = eval_report()
+    del rep["episodes"][1]["teacher"]["tokens"]
+    assert threshold_sweep(rep, CostModel())["missing"] == ["episodes[].teacher.tokens"]
+
+
+def _with_versions(ledger: Ledger) -> Ledger:
+    ledger.add(TrainingRunEvent(timestamp=at(30), run_id="run-1", status="requested", model_name="student",
+                                n_new_examples=150))
+    ledger.add(TrainingRunEvent(timestamp=at(55), run_id="run-1", status="finished", model_name="student",
+                                version="v0001"))
+    ledger.add(ModelVersionEvent(timestamp=at(56), model_name="student", version="v0001", status="promoted",
+                                 metrics={"quality_ratio": 0.93, "failure_rate": 0.02}, confidence_threshold=0.7))
+    ledger.add(TrainingRunEvent(timestamp=at(85), run_id="run-2", status="started", model_name="student",
+                                n_new_examples=150))
+    return ledger
+
+
+def test_report_from_a_flywheel_run(tmp_path: Path) -> None:
+    ledger = _with_versions(_flywheel_ledger())
+    report = build_report(ledger, t0=T0, end=T0 + 100, cost=CostModel(0.01, 0.0005),
+                          eval_reports={"v0001": eval_report()}, stop_reason="the demo's time budget is used up",
+                          config={"mode": "test"})
+    assert [p["label"] for p in report["phases"]] == ["teacher-only", "student v0001"]
+    v = report["versions"][0]
+    assert v["live_s"] == 60 and v["switch_seconds"] == 4  # promoted at 56 s, served at 60 s
+    assert [r["after_first_live"] for r in report["runs"]] == [False, True]
+    assert report["totals"]["requests"] == 80 and report["totals"]["episodes"] == 40
+    assert report["sweep"]["version"] == "v0001" and report["sweep"]["operating_threshold"] == 0.7
+    checks = by_name(report["checks"])
+    assert checks["promoted_student"]["passed"] and checks["student_share_last_phase"]["passed"]
+    steps = {m["step"]: m["done"] for m in report["milestones"]}
+    assert steps["router switched live to the student"] and steps["teacher fallbacks feed a second retrain"]
+    report["plots"] = write_plots(report, tmp_path)
+    md = render_markdown(report)
+    assert "| student share of requests in the last phase |" in md and "**PASS**" in md
+    assert "after the first promotion, last" in md  # one student phase plays both roles
+    for name in report["plots"]:
+        assert f"![{name}]({name})" in md
+    json.dumps(report)  # report.json
+
+
+def test_report_of_a_run_where_nothing_was_promoted(tmp_path: Path) -> None:
+    ledger = Ledger(since=T0)
+    for i in range(30):
+        ledger.add(decision(i, f"t{i}", "teacher"))
+        ledger.add(outcome(i + 0.5, f"t{i}", True, 1000, 0.01, "teacher:1"))
+    ledger.add(ModelVersionEvent(timestamp=at(25), model_name="student", version="v0001", status="rejected",
+                                 metrics={"quality_ratio": 0.66}, reasons=["quality_ratio 0.660 < 0.90"]))
+    report = build_report(ledger, t0=T0, end=T0 + 40, cost=CostModel(), eval_reports={"v0001": eval_report(False)},
+                          stop_reason="no student went live", config={})
+    assert [c["result"] for c in report["checks"]] == ["FAIL"] * 4
+    promoted = next(m for m in report["milestones"] if m["step"] == "student promoted")
+    assert not promoted["done"] and "quality_ratio 0.660 < 0.90" in promoted["detail"]
+    assert report["sweep"]["status"] == "rejected" and report["sweep"]["missing"]
+    report["plots"] = write_plots(report, tmp_path)
+    md = render_markdown(report)
+    assert "0 of 4 PASS" in md and "did not happen" in md and "per-episode data" in md
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plots_are_valid_pngs_even_with_no_data(tmp_path: Path) -> None:
+    report = build_report(Ledger(since=T0), t0=T0, end=T0 + 10, cost=CostModel(), eval_reports={},
+                          stop_reason="a service failed", config={})
+    names = write_plots(report, tmp_path)
+    assert names == ["share_quality.png", "quality_cost.png", "gate_rejections.png"]
+    for name in names:
+        w, h = _png_size(tmp_path / name)
+        assert w > 300 and h > 300
+    assert report["sweep"] is None and "no version was evaluated" in render_markdown({**report, "plots": names})
