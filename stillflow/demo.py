@@ -1,265 +1,406 @@
-"""`stillflow demo`: the pipeline end to end on the embedded defaults, with live progress and a report.
+"""`stillflow demo`: the whole flywheel on the embedded defaults, with live progress and a report.
 
-Embedded broker → streams worker → a simulated teacher fleet publishing live through the SDK →
-scored traces, gate verdicts, SFT examples, preference pairs, closed windows → an export of the
-dataset → one quick training job of the tiny student on it (when the trainer is installed) → a
-report (`report.md`, `report.json`) in the output directory. Every service runs as its own process
-(`stillflow.supervisor`); their logs are in `<out>/demo.log`.
+The embedded broker (unless one is configured), then the services of `stillflow up --sim`
+(`stillflow.up.plan_services`): a streams worker, the retrain consumer, the sim teacher server, the
+router (teacher-only until a student is promoted) and a sim agent fleet that talks to the router and
+reports each episode's outcome there. So: requests → router → traces → streams (score, gate,
+windows) → the trainer retrains when enough new examples streamed in → evaluation against the teacher
+→ promotion (the gate's defaults) → the router switches live to the student → the student's share
+rises → teacher fallbacks stream in as new data and feed the next retrain.
+
+The demo itself only watches: it follows the decisions, outcomes, scored-traces, windows, runs and
+versions topics (`stillflow.demo_ledger`), prints progress, and moves through its stages on time
+budgets (`stillflow.demo_phases`). At the end it writes `report.md`, `report.json` and PNG plots
+(`stillflow.demo_report`) to the output directory; the services' logs are in `<out>/demo.log`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
+import logging
+import os
+import shutil
+import signal
 import sys
 import time
 import uuid
-from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stillflow.contracts import ContractError, DatasetWindowClosed, ScoredTrace, SFTExample, decode
+from stillflow.contracts import (
+    ContractError,
+    DatasetWindowClosed,
+    ModelVersionEvent,
+    RouteDecision,
+    ScoredTrace,
+    TraceOutcomeEvent,
+    TrainingRunEvent,
+    decode,
+)
+from stillflow.demo_ledger import CostModel, Ledger, segment_phases
+from stillflow.demo_phases import Budgets, Progress, decide
 from stillflow.settings import StillflowSettings
 
-__all__ = ["register", "run_demo", "DemoReport"]
+__all__ = ["register", "run_demo", "DemoError"]
+
+# What the demo writes; only these are cleared from the output directory before a run.
+_OWN_DIRS = ("models", "streams-data")
+_OWN_FILES = ("report.md", "report.json", "share_quality.png", "quality_cost.png", "gate_rejections.png",
+              "demo.log", "broker.log")
 
 
-@dataclass
-class DemoReport:
-    traces_scored: int = 0
-    traces_passed: int = 0
-    gate_rejections: dict[str, int] = field(default_factory=dict)
-    error_modes: dict[str, int] = field(default_factory=dict)
-    sft_examples: int = 0
-    windows_closed: int = 0
-    pairs: int = 0
-    teacher_cost_usd: float = 0.0
-    teacher_tokens: int = 0
-    training: dict[str, Any] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-
-    def markdown(self) -> str:
-        rate = self.traces_passed / self.traces_scored if self.traces_scored else 0.0
-        lines = [
-            "# stillflow demo report",
-            "",
-            f"- traces scored: **{self.traces_scored}**, passed every gate: **{self.traces_passed}** ({rate:.1%})",
-            f"- SFT examples: **{self.sft_examples}**, preference pairs: **{self.pairs}**, "
-            f"windows closed: **{self.windows_closed}**",
-            f"- teacher cost of the traffic: ${self.teacher_cost_usd:.4f} ({self.teacher_tokens:,} tokens)",
-            f"- wall time: {self.wall_seconds:.0f} s",
-            "",
-            "## Gate rejections",
-            "",
-            "| gate | traces |",
-            "| --- | --- |",
-            *[f"| {g} | {n} |" for g, n in sorted(self.gate_rejections.items(), key=lambda kv: -kv[1])],
-            "",
-            "## Injected teacher error modes (simulator labels)",
-            "",
-            "| mode | traces |",
-            "| --- | --- |",
-            *[f"| {m} | {n} |" for m, n in sorted(self.error_modes.items(), key=lambda kv: -kv[1])],
-            "",
-            "## Training",
-            "",
-        ]
-        if self.training:
-            lines += [f"- {k}: {v}" for k, v in self.training.items()]
-        else:
-            lines.append("- not run")
-        return "\n".join(lines) + "\n"
+class DemoError(RuntimeError):
+    pass
 
 
-class _Watcher:
-    """Follows the output topics and keeps the demo's counts."""
-
-    def __init__(self, settings: StillflowSettings) -> None:
-        self.settings = settings
-        self.report = DemoReport()
-        self._sft_ids: set[str] = set()
-        self._scored_ids: set[str] = set()
-        self._windows: dict[str, DatasetWindowClosed] = {}
-        self._gates: Counter[str] = Counter()
-        self._modes: Counter[str] = Counter()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        from aiokafka import AIOKafkaConsumer
-
-        t = self.settings.topics
-        consumer = AIOKafkaConsumer(t.traces_scored, t.dataset_sft, t.dataset_windows,
-                                    **self.settings.kafka.client_kwargs(), group_id=None,
-                                    auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=300, max_records=2000)
-                for records in batch.values():
-                    for rec in records:
-                        self._take(rec.topic, rec.value)
-        finally:
-            await consumer.stop()
-
-    def _take(self, topic: str, value: bytes | None) -> None:
-        t, r = self.settings.topics, self.report
-        try:
-            if topic == t.traces_scored:
-                s = decode(value or b"", ScoredTrace)
-                if s.trace.trace_id in self._scored_ids:
-                    return
-                self._scored_ids.add(s.trace.trace_id)
-                r.traces_scored += 1
-                r.traces_passed += s.passed
-                r.teacher_cost_usd += s.trace.cost_usd
-                r.teacher_tokens += s.trace.total_tokens
-                self._gates.update(s.rejected_by)
-                self._modes[s.trace.metadata.get("error_mode", "unlabelled")] += 1
-            elif topic == t.dataset_sft:
-                self._sft_ids.add(decode(value or b"", SFTExample).example_id)
-                r.sft_examples = len(self._sft_ids)
-            else:
-                w = decode(value or b"", DatasetWindowClosed)
-                self._windows[w.window_id] = w
-                r.windows_closed = len(self._windows)
-                r.pairs = sum(x.n_pairs for x in self._windows.values())
-        except ContractError:
-            pass  # the streams worker dead-letters bad input; the watcher only counts results
-        r.gate_rejections = dict(self._gates)
-        r.error_modes = dict(self._modes)
-
-    def line(self) -> str:
-        r = self.report
-        return (f"scored {r.traces_scored:5d} | passed {r.traces_passed:5d} | SFT {r.sft_examples:5d} | "
-                f"pairs {r.pairs:4d} | windows closed {r.windows_closed:3d}")
+def _topic_models(settings: StillflowSettings) -> dict[str, type]:
+    t = settings.topics
+    return {t.router_decisions: RouteDecision, t.trace_outcomes: TraceOutcomeEvent, t.traces_scored: ScoredTrace,
+            t.dataset_windows: DatasetWindowClosed, t.training_runs: TrainingRunEvent,
+            t.model_versions: ModelVersionEvent}
 
 
-async def _until(pred: Any, timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(interval)
-    return bool(pred())
+async def _watch(settings: StillflowSettings, ledger: Ledger, stop: asyncio.Event, ready: asyncio.Event) -> None:
+    """Feed every event of the watched topics to the ledger until `stop`."""
+    from stillflow.kafka import make_consumer
+
+    models = _topic_models(settings)
+    consumer = make_consumer(settings.kafka, *models, group_id=None)
+    await consumer.start()
+    ready.set()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
+            for records in batch.values():
+                for rec in records:
+                    # the services dead-letter what they cannot read; the demo only counts results
+                    with contextlib.suppress(ContractError):
+                        ledger.add(decode(rec.value or b"", models[rec.topic]))
+    finally:
+        await consumer.stop()
 
 
-async def run_demo(args: argparse.Namespace) -> int:
-    from stillflow.kafka import bootstrap_or_embedded, ensure_topics
-    from stillflow.supervisor import Supervisor
-
-    out = Path(args.out).resolve()
+def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    duration = args.duration or (20 if args.quick else 60)
-    rate = args.rate or 15.0
-    started = time.monotonic()
-    settings, broker = bootstrap_or_embedded(StillflowSettings(), out / "broker.log")
-    bootstrap = settings.kafka.bootstrap_servers or ""
-    await ensure_topics(settings)
+    # A registry left from an earlier run would carry its trainer state (window offsets of a broker that
+    # is gone) into this one: every run starts from an empty registry.
+    for name in _OWN_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in _OWN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _require_trainer() -> None:
+    missing = [m for m in ("torch", "transformers", "trl") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DemoError(f"the demo trains and serves a student, which needs {', '.join(missing)}: "
+                        "pip install 'stillflow[all]' (or `make demo`, which installs it)")
+
+
+def _budgets(args: argparse.Namespace) -> Budgets:
+    base = Budgets.quick() if args.quick else Budgets.full()
+    return base.with_overrides(teacher_phase_s=args.teacher_phase_s, student_phase_s=args.student_phase_s,
+                               retrain_wait_s=args.retrain_wait_s, final_phase_s=args.final_phase_s,
+                               max_s=args.max_seconds)
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    """Fill the flags whose default depends on --quick."""
+    if args.retrain_threshold is None:
+        args.retrain_threshold = 150 if args.quick else 300
+    if args.min_examples is None:
+        args.min_examples = args.retrain_threshold
+
+
+def _up_args(args: argparse.Namespace, ports: dict[str, int], budgets: Budgets) -> argparse.Namespace:
+    """The `stillflow up --sim` plan the demo runs, through up's own parser (its defaults, its checks)."""
+    from stillflow.cli import build_parser
+
+    argv = ["up", "--sim", "--router-port", str(ports["router"]), "--streams-port", str(ports["streams"]),
+            "--trainer-metrics-port", str(ports["trainer"]), "--teacher-port", str(ports["teacher"]),
+            "--window", str(args.window), "--retrain-threshold", str(args.retrain_threshold),
+            "--min-examples", str(args.min_examples), "--fleet-rate", str(args.rate),
+            "--fleet-duration", str(budgets.max_s + 60), "--fleet-agents", str(args.agents),
+            "--task-pool", str(args.task_pool)]
+    if args.trainer_profile == "quick":
+        argv.append("--quick")
+    return build_parser().parse_args(argv)
+
+
+def _service_env(bootstrap: str, out: Path, args: argparse.Namespace) -> dict[str, str]:
     env = {
         "STILLFLOW_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "STILLFLOW_STREAMS__APP_ID": f"demo-{uuid.uuid4().hex[:6]}",
         "STILLFLOW_STREAMS__DATA_DIR": str(out / "streams-data"),
         "STILLFLOW_STREAMS__WINDOW_SIZE_S": str(args.window),
+        "STILLFLOW_SIM__LATENCY_MS": str(args.teacher_latency_ms),
+        "STILLFLOW_SIM__LATENCY_JITTER_MS": str(args.teacher_jitter_ms),
+        "STILLFLOW_SIM__PRICE_PER_1K_TOKENS": str(args.teacher_price_per_1k),
+    }
+    # Short windows and group timeouts so that a few minutes show the whole loop; a setting given in
+    # the environment wins.
+    for key, value in {
+        "STILLFLOW_STREAMS__APP_ID": f"demo-{uuid.uuid4().hex[:6]}",
         "STILLFLOW_STREAMS__WINDOW_GRACE_S": "2",
         "STILLFLOW_STREAMS__WINDOW_IDLE_CLOSE_S": "4",
         "STILLFLOW_STREAMS__WINDOW_TICK_INTERVAL_S": "1",
         "STILLFLOW_STREAMS__SESSION_TIMEOUT_S": "6",
         "STILLFLOW_STREAMS__STANDBY_REPLICAS": "0",
-    }
-    sup = Supervisor(out / "demo.log")
-    watcher = _Watcher(settings)
-    stop = asyncio.Event()
-    watch_task = asyncio.create_task(watcher.run(stop))
-    code = 0
+    }.items():
+        env[key] = os.environ.get(key, value)
+    return env
+
+
+def _gate_settings() -> dict[str, Any]:
     try:
-        sup.start("streams", ["streams", "--loglevel", "warning"], env=env)
-        fleet = sup.start("fleet", ["sim", "fleet", "--agents", "8", "--rate", str(rate), "--duration", str(duration),
-                                    "--seed", str(args.seed), "--progress-interval", "10",
-                                    "--task-pool", str(args.task_pool)], env=env)
-        print(f"fleet: {rate:g} traces/s for {duration:g} s; logs in {out / 'demo.log'}", flush=True)
-        last = 0.0
-        while fleet.running:
-            await asyncio.sleep(0.5)
-            if time.monotonic() - last >= 2:
-                print(f"  {watcher.line()}", flush=True)
-                last = time.monotonic()
-            if sup.failed():
-                raise RuntimeError(_failure(sup))
-        if fleet.proc.returncode != 0:
-            raise RuntimeError(_failure(sup))
-        # Let the stream finish the tail: every trace scored, then the idle close of the last windows.
-        await _until(lambda: watcher.report.traces_scored > 0 and
-                     watcher.report.sft_examples <= sum(w.n_sft for w in watcher._windows.values()), 60)
-        print(f"  {watcher.line()}", flush=True)
-        if args.train and importlib.util.find_spec("trainer.cli") is not None:
-            watcher.report.training = await _train(sup, env, out, quick=args.quick)
-        elif args.train:
-            watcher.report.training = {"skipped": "the trainer is not installed (pip install 'stillflow[trainer]')"}
-    except RuntimeError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
+        from trainer.settings import TrainerSettings
+    except ImportError:  # pragma: no cover - the trainer package ships with stillflow
+        return {}
+    s = TrainerSettings().trainer
+    return {"model_name": s.model_name, "gate_quality_ratio_min": s.gate.quality_ratio_min,
+            "gate_failure_rate_max": s.gate.failure_rate_max, "gate_min_eval_tasks": s.gate.min_eval_tasks}
+
+
+def _eval_reports(registry: Path, model: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in sorted((registry / model).glob("*/eval_report.json")):
+        try:
+            out[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"  (unreadable evaluation report {path}: {exc})", flush=True)
+    return out
+
+
+class _Narrator:
+    """Prints the flywheel's events once each as they show up in the ledger, and the progress line."""
+
+    def __init__(self, ledger: Ledger, t0: float) -> None:
+        self.ledger, self.t0 = ledger, t0
+        self._seen: set[tuple[str, ...]] = set()
+        self._last_req = (t0, 0, 0)
+
+    def _say(self, key: tuple[str, ...], ts: float, text: str) -> None:
+        if key not in self._seen:
+            self._seen.add(key)
+            print(f"  >> {ts - self.t0:5.0f}s {text}", flush=True)
+
+    def events(self, phases: list[Any]) -> None:
+        for r in sorted(self.ledger.runs, key=lambda r: r.ts):
+            if r.status == "started":
+                self._say(("run", r.run_id, "s"), r.ts, f"training run {r.run_id} started on {r.n_new_examples} "
+                                                        "new examples")
+            elif r.status in ("finished", "failed"):
+                tail = f" -> {r.version}" if r.version else (f": {r.error}" if r.error else "")
+                self._say(("run", r.run_id, "e"), r.ts, f"training run {r.run_id} {r.status}{tail}")
+        for v in sorted(self.ledger.versions, key=lambda v: v.ts):
+            if v.status in ("promoted", "rejected", "rolled_back"):
+                qr, fr = v.metrics.get("quality_ratio"), v.metrics.get("failure_rate")
+                why = f" ({'; '.join(v.reasons)[:200]})" if v.reasons and v.status != "promoted" else ""
+                self._say(("ver", v.version, v.status), v.ts, f"{v.version} {v.status}: quality ratio {qr}, failure "
+                                                             f"rate {fr}, threshold {v.threshold}{why}")
+        for p in phases[1:]:
+            self._say(("live", str(p.version), str(p.index)), p.start,
+                      f"router live on {p.version or 'the teacher alone'}")
+
+    def line(self, stage: str, now: float, phases: list[Any]) -> str:
+        L = self.ledger
+        _, req_prev, stu_prev = self._last_req
+        d_req, d_stu = L.requests - req_prev, L.student_requests - stu_prev
+        recent = f"{d_stu / d_req:.0%}" if d_req else "-"
+        self._last_req = (now, L.requests, L.student_requests)
+        eps = len(L.outcomes)
+        ok = sum(o.success for o in L.outcomes.values())
+        scored = len(L.scored)
+        passed = sum(s.passed for s in L.scored.values())
+        running = L.runs_in_progress()
+        runs = f"{len(L.run_states())} ({'training' if running else 'idle'})"
+        versions = ",".join(f"{v.version}:{v.status}" for v in L.versions if v.status != "candidate") or "-"
+        live = phases[-1].version or "-"
+        share = f"{L.student_requests / L.requests:.0%}" if L.requests else "-"
+        return (f"[{now - self.t0:5.0f}s] {stage:<19s}| requests {L.requests:6d} | student {share:>4s} "
+                f"(now {recent:>4s}) | episodes {eps:5d} ok {ok / eps if eps else 0:4.0%} "
+                f"| scored {scored:5d} passed {passed:5d} "
+                f"| SFT {L.sft_examples:5d} | runs {runs} | versions {versions} | live {live}")
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    from stillflow.broker import free_port
+    from stillflow.demo_report import build_report, render_markdown, write_plots
+    from stillflow.kafka import bootstrap_or_embedded, ensure_topics
+    from stillflow.supervisor import Supervisor
+    from stillflow.up import UpError, plan_services, start_services
+
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # its INFO lines would drown the progress lines
+    _defaults(args)
+    budgets = _budgets(args)
+    cost = CostModel(args.teacher_price_per_1k, args.student_price_per_1k)
+    _require_trainer()
+    out = Path(args.out).resolve()
+    _prepare_out(out)
+    t0 = time.time()
+    ledger = Ledger(since=t0 - 1.0)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_requested.set)
+
+    settings, broker = bootstrap_or_embedded(StillflowSettings(), out / "broker.log")
+    sup = Supervisor(out / "demo.log")
+    watch_stop, watch_ready = asyncio.Event(), asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+    code, stop_reason = 0, "it did not start"
+    end = t0
+    ports = {k: free_port() for k in ("router", "streams", "trainer", "teacher")}
+    up_args = _up_args(args, ports, budgets)
+    config = {
+        "mode": "quick" if args.quick else "full", "budgets_s": budgets.__dict__, "fleet_rate_per_s": args.rate,
+        "fleet_agents": args.agents, "task_pool": args.task_pool, "teacher_latency_ms": args.teacher_latency_ms,
+        "teacher_jitter_ms": args.teacher_jitter_ms, "window_s": args.window,
+        "retrain_threshold": args.retrain_threshold, "min_examples": args.min_examples,
+        "trainer_profile": args.trainer_profile, **_gate_settings(), "out": str(out),
+    }
+    try:
+        await ensure_topics(settings)
+        watcher = asyncio.create_task(_watch(settings, ledger, watch_stop, watch_ready))
+        await asyncio.wait_for(watch_ready.wait(), 60)
+        env = _service_env(settings.kafka.bootstrap_servers or "", out, args)
+        services = plan_services(up_args, out)
+        print(f"starting {', '.join(s.name for s in services)} (logs: {out / 'demo.log'}); budgets: "
+              + ", ".join(f"{k} {v:g}" for k, v in budgets.__dict__.items()), flush=True)
+        children = dict((s.name, c) for s, c in await start_services(sup, services, env, args.ready_timeout))
+        fleet = children["fleet"]
+        traffic_start = time.time() - t0
+        print(f"fleet on the router: {args.rate:g} episodes/s from {args.agents} agents, {args.task_pool} tasks; "
+              f"the trainer retrains every {args.retrain_threshold} new examples (first after {args.min_examples})",
+              flush=True)
+        narrator = _Narrator(ledger, t0)
+        last_line = 0.0
+        while True:
+            if stop_requested.is_set():
+                stop_reason = "it was interrupted (Ctrl-C)"
+                code = 130
+                break
+            failed = sup.failed()
+            if failed:
+                c = failed[0]
+                raise DemoError(f"{c.name} exited with {c.proc.returncode}: " + "".join(c.lines[-8:]).strip())
+            now = time.time()
+            phases = segment_phases(ledger.decisions, t0, settle_s=args.settle_s)
+            students = [p for p in phases if p.version is not None]
+            progress = Progress(now=now - t0, traffic_start=traffic_start,
+                                first_live=students[0].start - t0 if students else None,
+                                latest_live=students[-1].start - t0 if len(students) > 1 else None,
+                                run_in_progress=bool(ledger.runs_in_progress()),
+                                fleet_done=not fleet.running and fleet.proc.returncode == 0)
+            step = decide(progress, budgets)
+            narrator.events(phases)
+            if step.stop:
+                stop_reason = step.reason
+                break
+            if now - last_line >= args.progress_interval:
+                print(narrator.line(step.stage, now, phases), flush=True)
+                last_line = now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_requested.wait(), 1.0)
+        end = time.time()
+        print(f"stopping: {stop_reason}", flush=True)
+        sup.stop(fleet)
+        await asyncio.sleep(2.0)  # the last outcomes and decisions of the fleet's final requests
+    except (DemoError, UpError) as exc:
+        end = time.time()
+        stop_reason = f"a service failed: {exc}"
+        print(f"demo failed: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:
-        stop.set()
-        await watch_task
+        watch_stop.set()
+        if watcher is not None:
+            with contextlib.suppress(Exception):
+                await watcher
+        for child in sup.children:
+            if child.name == "trainer":  # mid-run it finishes its step first: do not wait for the whole job
+                sup.stop(child, timeout=5)
         sup.stop_all()
         if broker is not None:
             broker.stop()
-    report = watcher.report
-    report.wall_seconds = time.monotonic() - started
-    (out / "report.json").write_text(json.dumps(asdict(report), indent=2))
-    (out / "report.md").write_text(report.markdown())
-    print(report.markdown())
-    print(f"report: {out / 'report.md'} (and report.json)")
+    model = config.get("model_name", "student")
+    report = build_report(ledger, t0=t0, end=max(end, t0 + 1), cost=cost,
+                          eval_reports=_eval_reports(out / "models", model), stop_reason=stop_reason,
+                          config=config, settle_s=args.settle_s)
+    report["plots"] = write_plots(report, out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
+    print("\n" + _summary(report))
+    print(f"report: {out / 'report.md'} (report.json, {', '.join(report['plots'])}); total {time.time() - t0:.0f} s")
     return code
 
 
-async def _train(sup: Any, env: dict[str, str], out: Path, *, quick: bool) -> dict[str, Any]:
-    dataset = out / "dataset"
-    export = sup.start("export", ["export", "--out", str(dataset), "--format", "trl"], env=env)
-    while export.running:
-        await asyncio.sleep(0.5)
-    if export.proc.returncode != 0:
-        return {"failed": "export: " + "".join(export.lines[-5:]).strip()}
-    args = ["train", "--from-jsonl", str(dataset), "--registry", str(out / "registry")]
-    if quick:
-        args.append("--quick")
-    t0 = time.monotonic()
-    train = sup.start("train", args, env=env)
-    while train.running:
-        await asyncio.sleep(1)
-    result: dict[str, Any] = {"exit_status": train.proc.returncode, "seconds": round(time.monotonic() - t0, 1),
-                              "registry": str(out / "registry")}
-    tail = [ln.strip() for ln in train.lines[-12:] if ln.strip()]
-    result["last_lines"] = " / ".join(tail[-4:])
-    return result
-
-
-def _failure(sup: Any) -> str:
-    bad = sup.failed()
-    if not bad:
-        return "a service stopped early"
-    c = bad[0]
-    return f"{c.name} exited with {c.proc.returncode}: " + "".join(c.lines[-8:]).strip()
+def _summary(report: dict[str, Any]) -> str:
+    lines = ["phases:"]
+    for p in report["phases"]:
+        share = "n/a" if p["student_share"] is None else f"{p['student_share']:.0%}"
+        succ = "n/a" if p["success_rate"] is None else f"{p['success_rate']:.0%}"
+        cpt = "n/a" if p["cost_per_task_usd"] is None else f"${p['cost_per_task_usd']:.5f}"
+        lines.append(f"  {p['label']:<16s} {p['seconds']:5.0f}s  requests {p['requests']:6d}  student {share:>4s}  "
+                     f"episodes {p['episodes']:5d}  success {succ:>4s}  cost/task {cpt}")
+    lines.append("acceptance checks:")
+    for c in report["checks"]:
+        lines.append(f"  {c['result']}  {c['description']}: {c['detail']}")
+    missed = [m for m in report["milestones"] if not m["done"]]
+    if missed:
+        lines.append("did not happen:")
+        lines += [f"  - {m['step']}: {m['detail']}" for m in missed]
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run_demo(args))
+    except DemoError as exc:
+        print(f"stillflow demo: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
 
+def _positive(value: str) -> float:
+    x = float(value)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return x
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the pipeline end to end on the embedded defaults, with a report")
-    p.add_argument("--quick", action="store_true", help="a short run (20 s of traffic, quick training)")
-    p.add_argument("--duration", type=float, default=None, help="seconds of fleet traffic (default 60; quick 20)")
-    p.add_argument("--rate", type=float, default=None, help="traces started per second (default 15)")
-    p.add_argument("--window", type=float, default=10.0, help="dataset window size in seconds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task-pool", type=int, default=40,
-                   help="tasks the fleet draws from (they recur, so pairs of the same task can be mined)")
-    p.add_argument("--out", default="demo-out", help="directory for the report, logs and the model registry")
-    p.add_argument("--no-train", dest="train", action="store_false", help="stop after the dataset")
+    p = sub.add_parser("demo", help="the whole flywheel through the router on the embedded defaults, with a report",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the short run (within 5 minutes on 2 cores; full: 15)")
+    p.add_argument("--out", default="demo-out", help="report, plots, logs and the model registry")
+    b = p.add_argument_group("time budgets, seconds (defaults: the --quick or full profile)")
+    b.add_argument("--teacher-phase-s", type=_positive,
+                   help="traffic before a student must be live (quick 210, full 420)")
+    b.add_argument("--student-phase-s", type=_positive, help="watching the first student (quick 45, full 180)")
+    b.add_argument("--retrain-wait-s", type=float, help="then waiting for a running retrain (quick 60, full 240)")
+    b.add_argument("--final-phase-s", type=_positive, help="watching a later version (quick 30, full 120)")
+    b.add_argument("--max-seconds", type=_positive, help="hard stop from the start (quick 270, full 840)")
+    f = p.add_argument_group("traffic and training")
+    f.add_argument("--rate", type=_positive, default=4.0, help="episodes started per second")
+    f.add_argument("--agents", type=int, default=8, help="concurrent agents")
+    f.add_argument("--task-pool", type=int, default=2000,
+                   help="distinct tasks the fleet draws from (many: varied training data; they may still recur)")
+    f.add_argument("--teacher-latency-ms", type=float, default=250.0, help="the sim teacher's mean latency")
+    f.add_argument("--teacher-jitter-ms", type=float, default=100.0)
+    f.add_argument("--window", type=_positive, default=10.0, help="dataset window size, seconds")
+    f.add_argument("--retrain-threshold", type=int, default=None, help="new SFT examples per run (quick 150, full 300)")
+    f.add_argument("--min-examples", type=int, default=None, help="examples before the first run (default: threshold)")
+    f.add_argument("--trainer-profile", choices=("quick", "settings"), default="quick",
+                   help="quick: the trainer's --quick profile (CPU minutes); settings: STILLFLOW_TRAINER__... as set")
+    c = p.add_argument_group("cost model (USD per 1k tokens)")
+    c.add_argument("--teacher-price-per-1k", type=float, default=0.01, help="the sim teacher bills this")
+    c.add_argument("--student-price-per-1k", type=float, default=0.0005, help="what a student token costs")
+    p.add_argument("--progress-interval", type=_positive, default=5.0, help="seconds between progress lines")
+    p.add_argument("--settle-s", type=float, default=5.0,
+                   help="requests on the previous model this long after a switch still count as the new phase")
+    p.add_argument("--ready-timeout", type=_positive, default=180.0, help="seconds each service has to become ready")
     p.set_defaults(func=cmd_demo)
