@@ -1,0 +1,187 @@
+"""Value slots: how a tiny student copies ids, paths and numbers (trainer and router share this).
+
+Exports `SlotCodec` (`encode(messages)` → `(messages, table)`, `decode(text, table)`, `tokens`),
+`save_format(dir, codec)` / `load_format(dir)` (the `stillflow_format.json` beside the weights) and
+`FORMAT_FILE`.
+
+Why: an agent copies all the time — an order id from the question into SQL, a path from a search hit
+into `read_file`, a price from a query result into the calculator, the result into the answer. A small
+model trained from scratch does not learn to copy a digit string reliably within a CPU budget (it
+needs an induction circuit that holds the place across repeated digits). Delexicalisation — the
+classic remedy of small semantic parsers — turns the copy into picking one token: every value in what
+the model reads (user and tool messages) is tagged with a slot token, `<v3>245.98`, numbered in order of
+first appearance in the conversation; in what the model writes (assistant turns, tool-call arguments)
+an exact copy of a tagged value is the slot token alone, `<v3>`, and `decode` puts the value back. The
+value stays visible after its tag, so the model can still reason about it (10% → 0.1); a value that
+first appears in an assistant turn (a computed one) stays literal. Numbering depends only on the
+conversation so far, so re-encoding a longer conversation keeps every earlier slot.
+
+Values: e-mail addresses, absolute paths, dates (YYYY-MM-DD), ids (letters, a dash, digits:
+`C-00519`, `Nova-34`) and numbers with at least two digits (`2020`, `1,130,000`, `98.36`); single
+digits are cheap to copy as they are. At most `n` slots per conversation; later values stay literal.
+
+Pure Python (the router imports it without torch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORMAT_FILE", "SlotCodec", "load_format", "save_format"]
+
+FORMAT_FILE = "stillflow_format.json"
+
+# One pass, leftmost match wins, alternatives in priority order (a path swallows the id in it).
+_VALUE_RX = re.compile(
+    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"                   # e-mail
+    r"|(?<![\w/.])/[\w.\-]+(?:/[\w.\-]+)*"             # absolute path
+    r"|\b\d{4}-\d{2}-\d{2}\b"                          # date
+    r"|\b[A-Za-z]+-\d+\b"                              # id
+    r"|(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d{2,}|\d)(?:\.\d+)?(?![\w])"  # number (filtered below)
+)
+_SLOT_RX = re.compile(r"<v(\d+)>")
+# a copy inside an assistant turn: not glued to more of an identifier on either side
+_BEFORE = r"(?<![\w./@-])"
+_AFTER = r"(?![\w/@]|[.,-]\w)"
+
+
+def _is_value(text: str) -> bool:
+    if text[0].isdigit() and len(re.sub(r"\D", "", text)) < 2:
+        return False  # a single digit: copied as it is
+    return True
+
+
+class SlotCodec:
+    """Tags values with slot tokens for a model and puts them back in what it writes (module docstring)."""
+
+    def __init__(self, n: int = 32) -> None:
+        if not 1 <= n <= 1000:
+            raise ValueError(f"slot count must be 1..1000, not {n}")
+        self.n = n
+
+    @property
+    def tokens(self) -> list[str]:
+        """The slot tokens the tokenizer must hold, one id each."""
+        return [f"<v{k}>" for k in range(self.n)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value_slots": self.n, "version": 1}
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def encode(self, messages: Iterable[dict[str, Any]], table: list[str] | None = None
+               ) -> tuple[list[dict[str, Any]], list[str]]:
+        """(the messages as the model sees them, the slot table: value of slot k at index k). Messages
+        are copied, never modified. `table`: continue numbering from an earlier encode (DPO: the prompt's
+        table for each completion)."""
+        table = list(table or [])
+        index = {v: k for k, v in enumerate(table)}
+        out: list[dict[str, Any]] = []
+        for m in messages:
+            m = dict(m)
+            role = m.get("role")
+            if role in ("user", "tool"):
+                if isinstance(m.get("content"), str):
+                    m["content"] = self._tag(m["content"], table, index)
+            elif role == "assistant":
+                copy = self._copier(table)
+                if copy is not None:
+                    if isinstance(m.get("content"), str):
+                        m["content"] = copy(m["content"])
+                    if m.get("tool_calls"):
+                        m["tool_calls"] = [self._call(tc, copy) for tc in m["tool_calls"]]
+            out.append(m)
+        return out, table
+
+    def _tag(self, text: str, table: list[str], index: dict[str, int]) -> str:
+        if "<v" in text:  # a literal slot-like string in the input must not pass for a slot
+            text = _SLOT_RX.sub(lambda m: "< v" + m.group(1) + ">", text)
+
+        def one(m: re.Match[str]) -> str:
+            value = m.group(0).rstrip(".-")
+            rest = m.group(0)[len(value):]
+            if not value or not _is_value(value):
+                return m.group(0)
+            k = index.get(value)
+            if k is None:
+                if len(table) >= self.n:
+                    return m.group(0)
+                k = index[value] = len(table)
+                table.append(value)
+            return f"<v{k}>{value}{rest}"
+
+        return _VALUE_RX.sub(one, text)
+
+    @staticmethod
+    def _copier(table: list[str]) -> Any:
+        if not table:
+            return None
+        by_len = sorted(range(len(table)), key=lambda k: -len(table[k]))
+        rx = re.compile(_BEFORE + "(" + "|".join(re.escape(table[k]) for k in by_len) + ")" + _AFTER)
+        index = {v: k for k, v in enumerate(table)}
+        return lambda text: rx.sub(lambda m: f"<v{index[m.group(1)]}>", text)
+
+    @staticmethod
+    def _call(tc: dict[str, Any], copy: Any) -> dict[str, Any]:
+        tc = dict(tc)
+        fn = dict(tc.get("function") or {})
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            fn["arguments"] = copy(args)
+        elif isinstance(args, dict):
+            fn["arguments"] = json.loads(copy(json.dumps(args, ensure_ascii=False)))
+        tc["function"] = fn
+        return tc
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    @staticmethod
+    def decode(text: str, table: list[str]) -> str:
+        """`text` with every known slot token replaced by its value (an unknown one stays as written:
+        the output is wrong and is judged so, never silently repaired)."""
+
+        def one(m: re.Match[str]) -> str:
+            k = int(m.group(1))
+            return table[k] if k < len(table) else m.group(0)
+
+        return _SLOT_RX.sub(one, text)
+
+    # -- rows --------------------------------------------------------------------------------------
+
+    def encode_sft_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        messages, _ = self.encode(row["messages"])
+        return {**row, "messages": messages}
+
+    def encode_dpo_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        prompt, table = self.encode(row["prompt"])
+        chosen, _ = self.encode(row["chosen"], table)
+        rejected, _ = self.encode(row["rejected"], table)
+        return {**row, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def save_format(directory: str | Path, codec: SlotCodec | None) -> None:
+    """Record beside the weights how conversations are encoded for this model (nothing for plain)."""
+    path = Path(directory) / FORMAT_FILE
+    if codec is None:
+        path.unlink(missing_ok=True)
+        return
+    path.write_text(json.dumps(codec.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def load_format(directory: str | Path) -> SlotCodec | None:
+    """The codec a saved model was trained with; None when it reads plain text."""
+    path = Path(directory) / FORMAT_FILE
+    if not path.exists():
+        return None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        n = int(spec["value_slots"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a stillflow format file ({exc})") from None
+    if spec.get("version") != 1:
+        raise ValueError(f"{path}: format version {spec.get('version')!r} is not supported (expected 1)")
+    return SlotCodec(n)
