@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from stillflow.chatformat import IM_END, turn_confidence
 from stillflow.registry import IntegrityError, ModelRegistry, RegistryError
+from stillflow.slots import SlotCodec, load_format
 
 __all__ = ["LoadRefused", "StudentBusy", "StudentTurn", "StudentModel", "StudentRunner", "load_version"]
 
@@ -67,8 +68,9 @@ class StudentModel:
     """One loaded version. `in_flight` counts requests using it (they finish on it after a swap)."""
 
     def __init__(self, version: str, model: Any, tokenizer: Any, *, threshold: float | None, path: Path,
-                 manifest_sha256: str, device: str = "cpu") -> None:
+                 manifest_sha256: str, device: str = "cpu", codec: SlotCodec | None = None) -> None:
         self.version = version
+        self.codec = codec  # value slots (stillflow.slots): requests encoded as the student was trained
         self.model = model
         self.tokenizer = tokenizer
         self.threshold = threshold
@@ -90,6 +92,9 @@ class StudentModel:
         import torch
 
         started = time.perf_counter()
+        table: list[str] = []
+        if self.codec is not None:
+            messages, table = self.codec.encode(messages)
         enc = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
                                                  tokenize=True, return_dict=True, return_tensors="pt")
         prompt = enc["input_ids"].to(self.device)
@@ -99,8 +104,9 @@ class StudentModel:
                                       pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True)
             logprobs = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)[0]
         new_ids = out.sequences[0, prompt.shape[1]:].tolist()
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=False)
         return StudentTurn(
-            text=self.tokenizer.decode(new_ids, skip_special_tokens=False),
+            text=self.codec.decode(text, table) if self.codec is not None else text,
             prompt_tokens=int(prompt.shape[1]),
             completion_tokens=len(new_ids),
             logprobs=tuple(float(x) for x in logprobs.tolist()[: len(new_ids)]),
@@ -150,12 +156,13 @@ def load_version(registry: ModelRegistry, version: str, *, device: str = "cpu", 
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
         model.to(device)
         model.eval()
+        codec = load_format(path)
     except Exception as exc:
         raise LoadRefused("load_error", f"{version}: {type(exc).__name__}: {exc}"[:1000]) from None
     manifest = registry.manifest(version)
     threshold = manifest.get("confidence_threshold")
     student = StudentModel(version, model, tokenizer, threshold=float(threshold) if threshold is not None else None,
-                           path=path, manifest_sha256=sha, device=device)
+                           path=path, manifest_sha256=sha, device=device, codec=codec)
     try:  # warm up (first-call allocations), and prove it generates before it is swapped in
         student.generate([{"role": "user", "content": "hi"}], None, 1)
     except Exception as exc:

@@ -21,6 +21,7 @@ from typing import Any
 
 from stillflow.contracts import ModelVersionEvent
 from stillflow.registry import ModelRegistry, VersionInfo
+from stillflow.slots import save_format
 from trainer.data import DataError, DataSplit, TrainingData, data_manifest, dpo_rows, sft_rows, split_data
 from trainer.environment import EvalEnvironment
 from trainer.gate import GateDecision, decide
@@ -140,6 +141,7 @@ class TrainingJob:
             student = make_student(conversations, s.student, seed=s.seed)
             student.model.to(device)
             self.echo(f"[{run_id}] student: {student.describe()}")
+            train_rows = student.encode_rows(train_rows)
             stages["student"] = time.perf_counter() - t0
             warm = StageResult("copy_warmup", None, skipped="pretrained student")
             if not s.student.pretrained:
@@ -155,7 +157,7 @@ class TrainingJob:
             self.echo(f"[{run_id}] SFT: {sft.steps} steps in {sft.seconds:.0f} s, "
                       f"loss {sft.first_loss} → {sft.final_loss}")
             final_dir = sft.checkpoint
-            dpo = run_dpo(student, sft.checkpoint, dpo_rows(split.train_pairs), s.dpo, work / "dpo", device=device,
+            dpo = run_dpo(student, sft.checkpoint, student.encode_rows(dpo_rows(split.train_pairs), "dpo"), s.dpo, work / "dpo", device=device,
                           seed=s.seed, progress=self.progress)  # type: ignore[arg-type]
             stages["dpo"] = dpo.seconds
             if dpo.checkpoint is not None:
@@ -172,7 +174,7 @@ class TrainingJob:
             model.eval()
             evaluator = DistillationEvaluator(self.settings, s.eval, s.gate, env=self.env, progress=self.echo)
             version_hint = self.registry.next_version()
-            report = evaluator.evaluate(StudentRuntime(model, student.tokenizer, device), split,
+            report = evaluator.evaluate(StudentRuntime(model, student.tokenizer, device, student.codec), split,
                                         model_id=f"{s.model_name}-{version_hint}")
             stages["evaluate"] = time.perf_counter() - t0
             decision = decide(report, s.gate)
@@ -192,6 +194,7 @@ class TrainingJob:
                 "general_rows": len(general),
                 "settings": json.loads(s.model_dump_json()),
             }
+            save_format(final_dir, student.codec)  # the router encodes requests the same way
             manifest_data = data_manifest(data, split)
             t0 = time.perf_counter()
             info, candidate = self.registry.register(

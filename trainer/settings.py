@@ -69,6 +69,10 @@ class StudentSection(_Section):
     max_position_embeddings: int = Field(default=2048, ge=64)
     rope_theta: float = Field(default=10_000.0, gt=0)
     tie_word_embeddings: bool = True
+    value_slots: int = Field(
+        default=32, ge=0, le=1000,
+        description="tiny students: ids, paths and numbers tagged with slot tokens the model copies (stillflow.slots); 0 = off",
+    )
     copy_warmup_steps: int = Field(
         default=800, ge=0, description="tiny students: at most this many associative-recall steps before SFT"
     )
@@ -147,8 +151,16 @@ class EvalSection(_Section):
 
 
 class GateSection(_Section):
-    """Promotion gate: quality_ratio >= quality_ratio_min and catastrophic-failure rate < failure_rate_max."""
+    """Promotion gate: quality_ratio >= quality_ratio_min and catastrophic-failure rate < failure_rate_max,
+    over every held-out task (`scope="all"`), or over the tasks the router would send the student at its
+    calibrated confidence threshold (`scope="routed"`, which also needs `routed_min_coverage` of them)."""
 
+    scope: Literal["all", "routed"] = Field(
+        default="all", description="all: the student alone on every task; routed: the student behind the router"
+    )
+    routed_min_coverage: float = Field(
+        default=0.5, ge=0, le=1, description="scope=routed: share of held-out tasks the student must take"
+    )
     quality_ratio_min: float = Field(default=0.90, ge=0)
     failure_rate_max: float = Field(default=0.05, ge=0, le=1)
     min_eval_tasks: int = Field(default=10, ge=1, description="fewer evaluated tasks than this: rejected")

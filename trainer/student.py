@@ -1,7 +1,7 @@
 """The student factory: what gets trained.
 
 Exports
-- `Student` (model + tokenizer + where they came from);
+- `Student` (model + tokenizer + where they came from + its value-slot codec, `stillflow.slots`);
 - `tiny_student(conversations, section, seed=0)`: a small Llama- or Qwen2-shaped model built from the
   settings' dims, with a byte-level BPE tokenizer trained on `conversations` (`trainer.tokenizer`);
 - `pretrained_student(path_or_id, section)`: `from_pretrained` for a real model and its tokenizer (local
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stillflow.chatformat import IM_END
+from stillflow.slots import SlotCodec, load_format
 from trainer.chat_template import build_chat_template
 from trainer.settings import LoraSection, StudentSection
 
@@ -48,6 +49,14 @@ class Student:
     tokenizer: PreTrainedTokenizerBase
     source: str  # "tiny:<arch>" or the pretrained path/id
     lora: bool = False
+    codec: SlotCodec | None = None  # value slots (tiny students): conversations are encoded with it
+
+    def encode_rows(self, rows: list[dict[str, Any]], kind: str = "sft") -> list[dict[str, Any]]:
+        """Training rows as this student reads them (unchanged without value slots)."""
+        if self.codec is None:
+            return rows
+        enc = self.codec.encode_sft_row if kind == "sft" else self.codec.encode_dpo_row
+        return [enc(r) for r in rows]
 
     def describe(self) -> dict[str, Any]:
         cfg = self.model.config
@@ -59,6 +68,7 @@ class Student:
             "num_layers": getattr(cfg, "num_hidden_layers", None),
             "vocab_size": len(self.tokenizer),
             "lora": self.lora,
+            "value_slots": self.codec.n if self.codec else 0,
         }
 
 
@@ -93,9 +103,12 @@ def tiny_student(
     from trainer.tokenizer import train_tokenizer
 
     s = section or StudentSection()
+    codec = SlotCodec(s.value_slots) if s.value_slots else None
+    if codec is not None:  # the tokenizer learns the text the model will read
+        conversations = ({**c, "messages": codec.encode(c.get("messages") or [])[0]} for c in conversations)
     tokenizer = train_tokenizer(
         conversations, vocab_size=s.vocab_size, tool_descriptions=s.tool_descriptions, extra_texts=extra_texts,
-        pretokenize=s.pretokenize,
+        pretokenize=s.pretokenize, extra_tokens=codec.tokens if codec else (),
     )
     common = dict(
         vocab_size=len(tokenizer),
@@ -119,7 +132,7 @@ def tiny_student(
         model = LlamaForCausalLM(LlamaConfig(**common, attention_bias=False, mlp_bias=False))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return Student(model, tokenizer, f"tiny:{s.arch}")
+    return Student(model, tokenizer, f"tiny:{s.arch}", codec=codec)
 
 
 def pretrained_student(path_or_id: str, section: StudentSection | None = None) -> Student:
@@ -185,4 +198,4 @@ def load_student(path: str | Path, device: str = "cpu") -> Student:
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     model.to(device)
     model.eval()
-    return Student(model, tokenizer, str(path))
+    return Student(model, tokenizer, str(path), codec=load_format(path))

@@ -72,8 +72,10 @@ def train_tokenizer(
     max_token_length: int = 48,
     pretokenize: str = "words",
     extra_texts: Iterable[str] = (),
+    extra_tokens: Iterable[str] = (),
 ) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on the rendered conversations (and `extra_texts`)."""
+    """Train a byte-level BPE tokenizer on the rendered conversations (and `extra_texts`);
+    `extra_tokens` (e.g. value slots) are added with one id each."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -109,7 +111,8 @@ def train_tokenizer(
 
     tok.train_from_iterator(texts(), trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (TOOL_CALL_START, TOOL_CALL_END)])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False)
+                    for t in (TOOL_CALL_START, TOOL_CALL_END, *extra_tokens)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,

@@ -1,0 +1,61 @@
+"""`stillflow demo`'s flags → the services it plans and the budgets it runs on (nothing started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stillflow.cli import build_parser
+from stillflow.demo import _budgets, _defaults, _service_env, _up_args
+from stillflow.demo_phases import Budgets
+from stillflow.up import plan_services
+
+PORTS = {"router": 18200, "streams": 16066, "trainer": 19108, "teacher": 18100}
+
+
+def _plan(*argv: str, tmp_path: Path) -> tuple[dict[str, list[str]], Budgets]:
+    args = build_parser().parse_args(["demo", *argv])
+    _defaults(args)
+    budgets = _budgets(args)
+    plan = plan_services(_up_args(args, PORTS, budgets), tmp_path)
+    for s in plan:  # every planned command is one the CLI accepts
+        build_parser().parse_args(s.args)
+    return {s.name: s.args for s in plan}, budgets
+
+
+def test_quick_demo_plans_the_flywheel_through_the_router(tmp_path: Path) -> None:
+    by, budgets = _plan("--quick", tmp_path=tmp_path)
+    assert list(by) == ["streams", "trainer", "teacher", "router", "fleet"]
+    fleet = by["fleet"]
+    assert "--report-to-router" in fleet and f"http://127.0.0.1:{PORTS['router']}/v1" in fleet
+    assert fleet[fleet.index("--task-pool") + 1] == "2000"  # varied training data
+    assert float(fleet[fleet.index("--duration") + 1]) > budgets.max_s  # the demo, not the fleet, ends the run
+    trainer = by["trainer"]
+    assert "--quick" in trainer
+    assert trainer[trainer.index("--threshold") + 1] == trainer[trainer.index("--min-examples") + 1] == "150"
+    router = by["router"]
+    assert router[router.index("--teacher-url") + 1] == f"http://127.0.0.1:{PORTS['teacher']}/v1"
+    assert "--ready-without-student" in router  # teacher-only until a student is promoted
+    assert budgets == Budgets.quick()
+
+
+def test_full_demo_budgets_and_overrides(tmp_path: Path) -> None:
+    by, budgets = _plan("--student-phase-s", "7", "--trainer-profile", "settings", "--retrain-threshold", "40",
+                        tmp_path=tmp_path)
+    assert budgets.student_phase_s == 7 and budgets.max_s == Budgets.full().max_s
+    assert "--quick" not in by["trainer"]  # the trainer's settings come from STILLFLOW_TRAINER__...
+    assert {"--threshold", "40", "--min-examples"} <= set(by["trainer"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--max-seconds", "0"])
+
+
+def test_service_env_prices_the_teacher_and_keeps_settings_given_in_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STILLFLOW_STREAMS__WINDOW_GRACE_S", "9")
+    args = build_parser().parse_args(["demo", "--teacher-price-per-1k", "0.02"])
+    env = _service_env("127.0.0.1:9092", tmp_path, args)
+    assert env["STILLFLOW_KAFKA__BOOTSTRAP_SERVERS"] == "127.0.0.1:9092"
+    assert env["STILLFLOW_SIM__PRICE_PER_1K_TOKENS"] == "0.02"  # the cost model's teacher price is the bill
+    assert env["STILLFLOW_STREAMS__WINDOW_GRACE_S"] == "9"
+    assert env["STILLFLOW_STREAMS__WINDOW_IDLE_CLOSE_S"] == "4"
