@@ -6,7 +6,8 @@ seen so far) and `decide(progress, budgets) -> Step`.
 Stages of the flywheel, each with a time budget:
 1. `teacher-only` — traffic through the router, served by the teacher, until a student goes live
    (the router served with a promoted version). Over `teacher_phase_s` from the start of traffic
-   without one: stop (nothing was promoted in time; the report says what happened instead).
+   without one: stop (nothing was promoted in time; the report says what happened instead), unless a
+   training run is going: then it is waited for up to `retrain_wait_s` more.
 2. `student` — the first student is live; watch it serve for `student_phase_s`. Teacher fallbacks
    keep streaming in as data: if the retrain they trigger is running when that time is up, wait for
    it up to `retrain_wait_s` more.
@@ -78,11 +79,15 @@ def decide(p: Progress, b: Budgets) -> Step:
     if p.fleet_done:
         return Step(stage, True, "the fleet finished its traffic")
     if p.first_live is None:
-        if p.now - p.traffic_start >= b.teacher_phase_s:
-            why = "a training run was still going" if p.run_in_progress else "none was promoted"
-            return Step(stage, True, f"no student went live within the teacher-only budget "
-                                     f"({b.teacher_phase_s:.0f} s of traffic; {why})")
-        return Step(stage)
+        in_teacher = p.now - p.traffic_start
+        if in_teacher < b.teacher_phase_s:
+            return Step(stage)
+        if p.run_in_progress and in_teacher < b.teacher_phase_s + b.retrain_wait_s:
+            return Step("waiting-for-retrain")
+        why = (f"a training run was still going after {b.retrain_wait_s:.0f} s of waiting" if p.run_in_progress
+               else "none was promoted")
+        return Step(stage, True, f"no student went live within the teacher-only budget "
+                                 f"({b.teacher_phase_s:.0f} s of traffic; {why})")
     if p.latest_live is not None:
         if p.now - p.latest_live >= b.final_phase_s:
             return Step(stage, True, f"the final phase ran its {b.final_phase_s:.0f} s")

@@ -14,8 +14,10 @@ def test_teacher_only_until_a_student_is_live_or_its_budget_is_spent() -> None:
     assert not decide(Progress(now=109, traffic_start=10), B).stop
     step = decide(Progress(now=110, traffic_start=10), B)
     assert step.stop and "no student went live" in step.reason and "none was promoted" in step.reason
-    step = decide(Progress(now=110, traffic_start=10, run_in_progress=True), B)
-    assert step.stop and "still going" in step.reason
+    # a run going when the budget is up is waited for, within retrain_wait_s
+    assert decide(Progress(now=110, traffic_start=10, run_in_progress=True), B).stage == "waiting-for-retrain"
+    step = decide(Progress(now=130, traffic_start=10, run_in_progress=True), B)
+    assert step.stop and "still going after 20 s" in step.reason
 
 
 def test_student_phase_then_waits_for_a_running_retrain_within_its_budget() -> None:
