@@ -6,8 +6,8 @@ STAMP  := $(VENV)/.stillflow-installed
 # torch first, pinned: 2.13.0 is the CPU build on local disk; any other version pulls CUDA wheels.
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
-# The quick demo (about 4 minutes on 2 cores) until the full-size run is sized to fit (issue 7).
-DEMO_ARGS ?= --quick
+# The full flywheel (at most 15 minutes on 2 cores); DEMO_ARGS=--quick for the 5-minute run.
+DEMO_ARGS ?=
 
 .PHONY: install test test-fast demo bench lint clean
 
