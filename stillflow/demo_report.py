@@ -402,8 +402,9 @@ def render_markdown(r: dict[str, Any]) -> str:
                  f"{_fmt_usd(p['cost_per_task_usd'])} | {p['teacher_tokens']:,} / {p['student_tokens']:,} | "
                  f"{p['passed']} ({p['passed_from_teacher']}) |")
     L += ["", "Routing reasons per phase: " + "; ".join(
-        f"{p['label']}: " + ", ".join(f"{k} {v}" for k, v in p["reasons"].items()) for p in r["phases"]
-        if p["reasons"]), ""]
+        f"{p['label']}: " + ", ".join(f"{k} {v}" for k, v in p["reasons"].items())
+        + (f" ({p['failed_requests']} requests failed: nobody could serve them)" if p["failed_requests"] else "")
+        for p in r["phases"] if p["reasons"]), ""]
     L += ["## Versions and retrains", "", "| run | requested (s) | new examples | status | version |",
           "| --- | --- | --- | --- | --- |"]
     for run in r["runs"]:
