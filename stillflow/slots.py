@@ -50,9 +50,8 @@ _AFTER = r"(?![\w/@]|[.,-]\w)"
 
 
 def _is_value(text: str) -> bool:
-    if text[0].isdigit() and len(re.sub(r"\D", "", text)) < 2:
-        return False  # a single digit: copied as it is
-    return True
+    # a single digit is copied as it is
+    return not (text[0].isdigit() and len(re.sub(r"\D", "", text)) < 2)
 
 
 class SlotCodec:

@@ -127,6 +127,10 @@ def test_evaluator_report_has_every_figure() -> None:
     assert [w["question"] for w in d["worst_failures"]][:2] == [q[0], q[1]] or len(d["worst_failures"]) == 2
     assert set(d["by_family"]) <= set(env.families())
     assert d["confidence"]["points"] == 12 and "exp(mean(log p(token)))" in d["confidence"]["function"]["turn"]
+    rows = d["episodes"]
+    assert len(rows) == 12 and {r["task_id"] for r in rows} == {t.task_id for t in tasks}
+    assert sum(r["student_failed"] for r in rows) == 2 and all("teacher_quality" in r for r in rows)
+    assert d["routed"]["tasks"] == 12 and "system_quality_ratio" in d["routed"]
     m = report.metrics()
     assert {"quality_ratio", "failure_rate", "student_wrong_answer_rate", "teacher_quality"} <= set(m)
 

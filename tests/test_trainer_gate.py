@@ -68,3 +68,38 @@ def test_calibration_picks_the_lowest_threshold_that_matches_the_teacher() -> No
     # ties are taken together
     tied = calibrate_threshold([(0.8, 1.0, True), (0.8, 0.0, False)], target_quality=0.9, target_accuracy=0.9)
     assert not tied.qualified
+
+
+def _rows(spec):
+    """(confidence, student quality, student failed, teacher quality) → episode rows."""
+    return [{"task_id": f"t{i}", "confidence": c, "student_quality": sq, "student_failed": f,
+             "teacher_quality": tq} for i, (c, sq, f, tq) in enumerate(spec)]
+
+
+def test_routed_summary_takes_the_tasks_at_or_above_the_threshold() -> None:
+    from trainer.evaluate import routed_summary
+
+    rows = _rows([(0.9, 1.0, False, 0.9), (0.8, 0.9, False, 1.0), (0.5, 0.2, True, 1.0), (0.3, 0.1, True, 0.8)])
+    r = routed_summary(rows, 0.8)
+    assert (r["routed"], r["coverage"], r["failure_rate"]) == (2, 0.5, 0.0)
+    assert r["quality_ratio"] == pytest.approx(round(0.95 / 0.95, 4))
+    # the mixed system: the student on the first two, the teacher on the rest
+    assert r["system_quality_ratio"] == pytest.approx(round((1.0 + 0.9 + 1.0 + 0.8) / (0.9 + 1.0 + 1.0 + 0.8), 4))
+    nothing = routed_summary(rows, None)
+    assert nothing["routed"] == 0 and nothing["quality_ratio"] is None and nothing["coverage"] == 0.0
+
+
+def test_routed_gate_judges_the_routed_tasks_and_needs_coverage() -> None:
+    routed = {"quality_ratio": 1.02, "failure_rate": 0.0, "coverage": 0.6, "threshold": 0.7}
+    report = _report(0.7, 0.4, routed=routed)  # the student alone is far from the bar
+    assert decide(report, GateSection()).status == "rejected"
+    d = decide(report, GateSection(scope="routed"))
+    assert d.promoted, d.reasons
+    assert d.checks["scope"] == "routed" and d.checks["quality_ratio"]["value"] == 1.02
+    thin = decide(_report(0.7, 0.4, routed={**routed, "coverage": 0.3}), GateSection(scope="routed"))
+    assert thin.status == "rejected" and any("30% of held-out tasks" in r for r in thin.reasons)
+    failing = decide(_report(0.7, 0.4, routed={**routed, "failure_rate": 0.1}), GateSection(scope="routed"))
+    assert failing.status == "rejected" and any("10.0% >= 5.0%" in r for r in failing.reasons)
+    empty = decide(_report(0.7, 0.4, routed={"quality_ratio": None, "failure_rate": None, "coverage": 0.0}),
+                   GateSection(scope="routed"))
+    assert empty.status == "rejected"

@@ -50,6 +50,7 @@ from stillflow.chatformat import (
     turn_confidence,
 )
 from stillflow.contracts import ID_PATTERN, TOOL_NAME_PATTERN, AgentTrace, TraceStep
+from stillflow.slots import SlotCodec
 from trainer.environment import EvalEnvironment, EvalTask, task_opening, task_tools
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ __all__ = [
     "score_episode",
     "Calibration",
     "calibrate_threshold",
+    "episode_rows",
+    "routed_summary",
     "offline_replay",
     "EvalReport",
     "DistillationEvaluator",
@@ -104,10 +107,11 @@ class Generation:
 class StudentRuntime:
     """A model and its tokenizer, generating one assistant turn at a time (greedy)."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu") -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", codec: SlotCodec | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        self.codec = codec  # value slots: messages encoded before the template, values put back after
         stop = tokenizer.convert_tokens_to_ids(IM_END)
         unk = getattr(tokenizer, "unk_token_id", None)
         self.stop_ids = sorted({i for i in (stop, tokenizer.eos_token_id) if i is not None and i != unk})
@@ -123,6 +127,9 @@ class StudentRuntime:
         import torch
 
         t0 = time.perf_counter()
+        table: list[str] = []
+        if self.codec is not None:
+            messages, table = self.codec.encode(messages)
         ids = self.encode(messages, tools)
         input_ids = torch.tensor([ids], device=self.device)
         with torch.inference_mode():
@@ -142,6 +149,8 @@ class StudentRuntime:
         new_ids = new.tolist()
         finished = bool(new_ids) and new_ids[-1] in self.stop_ids
         text = self.tokenizer.decode(new_ids, skip_special_tokens=False)
+        if self.codec is not None:
+            text = self.codec.decode(text, table)
         return Generation(text, len(ids), len(new_ids), tuple(float(x) for x in logp.tolist()), finished,
                           time.perf_counter() - t0)
 
@@ -381,6 +390,54 @@ def calibrate_threshold(
     return Calibration(1.0, 0.0, None, None, target_quality, target_accuracy, n, False)
 
 
+def episode_rows(students: Sequence[ScoredEpisode], teachers: Sequence[ScoredEpisode]) -> list[dict[str, Any]]:
+    """One row per held-out task: the student's and (when known) the teacher's figures side by side —
+    what the routed figures, a threshold sweep or a cost curve are computed from."""
+    rows = []
+    for i, e in enumerate(students):
+        row: dict[str, Any] = {
+            "task_id": e.trace.task_id,
+            "family": e.trace.metadata.get("family"),
+            "confidence": round(e.confidence, 6) if e.confidence is not None else None,
+            "student_quality": round(e.overall, 4),
+            "student_failed": e.failed,
+            "student_correct": e.correct and not e.trace.error,
+            "student_tokens": e.trace.total_tokens,
+        }
+        if teachers:
+            t = teachers[i]
+            row.update(teacher_quality=round(t.overall, 4), teacher_failed=t.failed,
+                       teacher_correct=t.correct and not t.trace.error, teacher_tokens=t.trace.total_tokens)
+        rows.append(row)
+    return rows
+
+
+def routed_summary(rows: Sequence[dict[str, Any]], threshold: float | None) -> dict[str, Any]:
+    """The student as the router deploys it: tasks whose confidence is at or above `threshold` go to the
+    student, the rest to the teacher. `quality_ratio` and `failure_rate` are over the routed tasks
+    (student vs teacher on the same tasks); `system_quality_ratio` is the mixed system vs the teacher
+    alone on all tasks. `threshold=None` (no calibrated threshold): nothing is routed."""
+    n = len(rows)
+    def to_student(r: dict[str, Any]) -> bool:
+        return threshold is not None and (r.get("confidence") or 0.0) >= threshold
+
+    routed = [r for r in rows if to_student(r)]
+    out: dict[str, Any] = {"threshold": threshold, "tasks": n, "routed": len(routed),
+                           "coverage": round(len(routed) / n, 4) if n else 0.0,
+                           "quality_ratio": None, "failure_rate": None, "system_quality_ratio": None}
+    if routed:
+        out["failure_rate"] = round(sum(r["student_failed"] for r in routed) / len(routed), 4)
+        out["student_quality"] = _mean([r["student_quality"] for r in routed])
+    if routed and all("teacher_quality" in r for r in rows):
+        tq = statistics.fmean(r["teacher_quality"] for r in routed)
+        out["teacher_quality"] = round(tq, 4)
+        out["quality_ratio"] = round(statistics.fmean(r["student_quality"] for r in routed) / tq, 4) if tq else None
+        mixed = [r["student_quality"] if to_student(r) else r["teacher_quality"] for r in rows]
+        t_all = statistics.fmean(r["teacher_quality"] for r in rows)
+        out["system_quality_ratio"] = round(statistics.fmean(mixed) / t_all, 4) if t_all else None
+    return out
+
+
 # --------------------------------------------------------------------------- offline replay
 
 
@@ -559,6 +616,8 @@ class EvalReport:
     worst_failures: list[dict[str, Any]] = field(default_factory=list)
     offline: dict[str, Any] | None = None
     confidence: dict[str, Any] = field(default_factory=dict)
+    routed: dict[str, Any] = field(default_factory=dict)  # the student behind the router: `routed_summary`
+    episodes: list[dict[str, Any]] = field(default_factory=list)  # per task: `episode_rows`
     tasks: dict[str, Any] = field(default_factory=dict)
     basis: str = "online"
     seconds: float = 0.0
@@ -763,13 +822,17 @@ class DistillationEvaluator:
         report.worst_failures = [_failure_entry(e) for e in failed[: self.section.worst]]
         t_fail = report.teacher.get("failure_rate")
         t_acc = 1.0 - t_fail if isinstance(t_fail, (int, float)) else 1.0
+        # the router sends a turn to the student only above the threshold: there the student must be as
+        # good as the teacher and fail less often than the gate allows
         cal = calibrate_threshold(
             [(e.confidence or 0.0, e.overall, not e.failed) for e in students],
             target_quality=float(tq) if tq else 1.0,
-            target_accuracy=t_acc,
+            target_accuracy=max(t_acc, 1.0 - self.gate.failure_rate_max + 1e-6),
             min_coverage=self.gate.confidence_min_coverage,
         )
         report.confidence = asdict(cal)
+        report.episodes = episode_rows(students, teachers if len(teachers) == len(students) else [])
+        report.routed = routed_summary(report.episodes, cal.threshold if cal.qualified else None)
 
     @staticmethod
     def _ratio_of(students: list[ScoredEpisode], teachers: list[ScoredEpisode], idx: list[int]) -> dict[str, Any]:

@@ -10,6 +10,12 @@ Promoted when all hold (thresholds are settings):
   failure (wrong tool, unsafe action, crash, wrong answer);
 - at least `min_eval_tasks` tasks were evaluated.
 Otherwise rejected, with a reason per failed check and the worst failing examples named.
+
+`scope="routed"` judges the student as it will serve: behind the router, which sends it only the turns
+at or above the version's calibrated confidence threshold and the rest to the teacher. The two figures
+are then taken over the held-out tasks at or above the threshold (the report's `routed` section), and
+those must be at least `routed_min_coverage` of all tasks. The threshold is chosen on the same held-out
+tasks, so these figures lean optimistic; the all-task figures stay in the report beside them.
 """
 
 from __future__ import annotations
@@ -49,11 +55,21 @@ def decide(report: Any, gate: GateSection) -> GateDecision:
     if episodes is None and (_get(report, "basis") == "offline"):
         episodes = (_get(report, "offline") or {}).get("conversations")
     reasons: list[str] = []
-    checks: dict[str, Any] = {
+    checks: dict[str, Any] = {"scope": gate.scope}
+    if gate.scope == "routed":
+        routed = _get(report, "routed") or {}
+        ratio, failure = routed.get("quality_ratio"), routed.get("failure_rate")
+        coverage = routed.get("coverage") or 0.0
+        checks["coverage"] = {"value": coverage, "min": gate.routed_min_coverage,
+                              "passed": coverage >= gate.routed_min_coverage}
+        if not checks["coverage"]["passed"]:
+            reasons.append(f"the router would send the student {coverage:.0%} of held-out tasks "
+                           f"(< {gate.routed_min_coverage:.0%}) at threshold {routed.get('threshold')}")
+    checks.update({
         "quality_ratio": {"value": ratio, "min": gate.quality_ratio_min},
         "failure_rate": {"value": failure, "max_exclusive": gate.failure_rate_max},
         "eval_tasks": {"value": episodes, "min": gate.min_eval_tasks},
-    }
+    })
     if ratio is None:
         reasons.append("no quality ratio: the student could not be compared with the teacher")
         checks["quality_ratio"]["passed"] = False

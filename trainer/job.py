@@ -157,7 +157,8 @@ class TrainingJob:
             self.echo(f"[{run_id}] SFT: {sft.steps} steps in {sft.seconds:.0f} s, "
                       f"loss {sft.first_loss} → {sft.final_loss}")
             final_dir = sft.checkpoint
-            dpo = run_dpo(student, sft.checkpoint, student.encode_rows(dpo_rows(split.train_pairs), "dpo"), s.dpo, work / "dpo", device=device,
+            pair_rows = student.encode_rows(dpo_rows(split.train_pairs), "dpo")
+            dpo = run_dpo(student, sft.checkpoint, pair_rows, s.dpo, work / "dpo", device=device,
                           seed=s.seed, progress=self.progress)  # type: ignore[arg-type]
             stages["dpo"] = dpo.seconds
             if dpo.checkpoint is not None:

@@ -71,7 +71,7 @@ class StudentSection(_Section):
     tie_word_embeddings: bool = True
     value_slots: int = Field(
         default=32, ge=0, le=1000,
-        description="tiny students: ids, paths and numbers tagged with slot tokens the model copies (stillflow.slots); 0 = off",
+        description="tiny students: ids, paths, numbers tagged with slot tokens it copies (stillflow.slots); 0 = off",
     )
     copy_warmup_steps: int = Field(
         default=800, ge=0, description="tiny students: at most this many associative-recall steps before SFT"
