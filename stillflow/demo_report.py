@@ -35,16 +35,19 @@ SUCCESS_RATIO_MIN = 0.95  # task success of served answers vs the teacher-only p
 MIN_REQUESTS = 20  # fewer requests in a phase: too few to judge it
 MIN_EPISODES = 10
 
-# Per held-out episode, what a threshold sweep needs from `eval_report.json` (a list `episodes`).
+# Per held-out task, what a threshold sweep needs from `eval_report.json`'s `episodes` rows (written by
+# `trainer.evaluate.episode_rows`).
 EPISODE_FIELDS = (
     "task_id",
-    "student.confidence",  # the episode's confidence (min over its turns), as the router judges it
-    "student.success",
-    "student.quality",  # overall trajectory score
-    "student.tokens",
-    "teacher.success",
-    "teacher.quality",
-    "teacher.tokens",
+    "confidence",  # the student's episode confidence (min over its turns), as the router judges it
+    "student_correct",
+    "student_quality",  # overall trajectory score
+    "student_failed",  # a catastrophic failure
+    "student_tokens",
+    "teacher_correct",
+    "teacher_quality",
+    "teacher_failed",
+    "teacher_tokens",
 )
 
 
@@ -104,28 +107,33 @@ def acceptance_checks(phases: list[dict[str, Any]], promoted: list[dict[str, Any
             return False, f"the student served none of the {last['requests']} requests of {last['label']}"
         return None
 
-    ratio = None  # figures against the baseline only for a student phase: the teacher-only one is the baseline
-    if not no_student and teacher and teacher["success_rate"] and last["success_rate"] is not None:
-        ratio = round(last["success_rate"] / teacher["success_rate"], 4)
+    # Figures against the baseline only for a student phase (the teacher-only one is the baseline). A
+    # check that cannot be judged has no value; its detail says why, with the figures there are.
+    success_figures = cost_figures = ""
+    if not no_student and teacher:
+        success_figures = (f"{last['label']}: {_fmt_pct(last['success_rate'])} of {last['episodes']} episodes; "
+                           f"teacher-only: {_fmt_pct(teacher['success_rate'])} of {teacher['episodes']}")
+        cost_figures = (f"{last['label']}: {_fmt_usd(last['cost_per_task_usd'])} per task; teacher-only: "
+                        f"{_fmt_usd(teacher['cost_per_task_usd'])}")
     early = compare()
+    ratio = None
     if early:
-        ok, detail = early
+        ok, detail = early[0], early[1] + (f" ({success_figures})" if success_figures else "")
     else:
-        ok = ratio is not None and ratio >= SUCCESS_RATIO_MIN
-        detail = (f"{last['label']}: {_fmt_pct(last['success_rate'])} of {last['episodes']} episodes; "
-                  f"teacher-only: {_fmt_pct(teacher['success_rate'])} of {teacher['episodes']}")
+        if teacher["success_rate"] and last["success_rate"] is not None:
+            ratio = round(last["success_rate"] / teacher["success_rate"], 4)
+        ok, detail = ratio is not None and ratio >= SUCCESS_RATIO_MIN, success_figures
     checks.append(_check("task_success_vs_teacher", "task success of served answers, last phase / teacher-only",
                          f">= {SUCCESS_RATIO_MIN:.0%}", ratio, ok, detail))
 
-    cost_last = None if no_student else last["cost_per_task_usd"]
-    cost_teacher = teacher["cost_per_task_usd"] if teacher else None
-    early = compare()
+    value = None
     if early:
-        ok, detail = early
+        ok, detail = early[0], early[1] + (f" ({cost_figures})" if cost_figures else "")
     else:
-        ok = cost_last is not None and cost_teacher is not None and cost_last < cost_teacher
-        detail = f"{last['label']}: {_fmt_usd(cost_last)} per task; teacher-only: {_fmt_usd(cost_teacher)}"
-    value = round(cost_last / cost_teacher, 4) if cost_last is not None and cost_teacher else None
+        cost_last, cost_teacher = last["cost_per_task_usd"], teacher["cost_per_task_usd"]
+        if cost_last is not None and cost_teacher:
+            value = round(cost_last / cost_teacher, 4)
+        ok, detail = value is not None and value < 1.0, cost_figures
     checks.append(_check("cost_per_task_down", "cost per task, last phase / teacher-only", "< 100%", value, ok,
                          detail))
     return checks
@@ -190,19 +198,11 @@ def milestones(report: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- threshold sweep
 
 
-def _get(d: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
 def _missing_episode_fields(eval_report: dict[str, Any]) -> list[str]:
     eps = eval_report.get("episodes")
     if not isinstance(eps, list) or not eps:
         return [f"episodes[].{f}" for f in EPISODE_FIELDS]
-    missing = {f for e in eps for f in EPISODE_FIELDS if _get(e, f) is None}
+    missing = {f for e in eps for f in EPISODE_FIELDS if not isinstance(e, dict) or e.get(f) is None}
     return [f"episodes[].{f}" for f in EPISODE_FIELDS if f in missing]
 
 
@@ -222,8 +222,9 @@ def threshold_sweep(eval_report: dict[str, Any], cost: CostModel, *,
     else the teacher serves it. Success and quality are the served side's; cost is the student's tokens
     at the student's price for every episode (it is always asked first: an upper bound for escalated
     ones, which stop at the first unconfident turn) plus the teacher's tokens at the teacher's price
-    for the escalated ones. Needs the per-episode fields in `EPISODE_FIELDS`; without them only the
-    two ends (all teacher, all student) are known, from the report's aggregates."""
+    for the escalated ones. Needs the per-task rows in `EPISODE_FIELDS` (an evaluation report from
+    before they were kept has none): without them only the two ends (all teacher, all student) are
+    known, from the report's aggregates."""
     out: dict[str, Any] = {"operating_threshold": operating_threshold, "points": [], "missing": []}
     out["teacher_only"] = _side(eval_report.get("teacher") or {}, cost.teacher_price_per_1k, cost)
     out["student_only"] = _side(eval_report.get("student") or {}, cost.student_price_per_1k, cost)
@@ -233,26 +234,25 @@ def threshold_sweep(eval_report: dict[str, Any], cost: CostModel, *,
         return out
     eps = eval_report["episodes"]
     n = len(eps)
-    confs = sorted({float(_get(e, "student.confidence")) for e in eps})
+    confs = sorted({float(e["confidence"]) for e in eps})
     above = (confs[-1] + 1.0) if confs else 1.0  # no episode reaches it: all teacher
     thresholds = sorted({0.0, *confs, above} | ({operating_threshold} if operating_threshold is not None else set()))
     for t in thresholds:
         succ = qual = usd = 0.0
-        covered = 0
+        covered = failed = 0
         for e in eps:
-            s_tokens = float(_get(e, "student.tokens"))
-            usd += cost.cost(0, s_tokens)
-            if float(_get(e, "student.confidence")) >= t:
-                covered += 1
-                succ += bool(_get(e, "student.success"))
-                qual += float(_get(e, "student.quality"))
-            else:
-                succ += bool(_get(e, "teacher.success"))
-                qual += float(_get(e, "teacher.quality"))
-                usd += cost.cost(float(_get(e, "teacher.tokens")), 0)
+            usd += cost.cost(0, float(e["student_tokens"]))
+            side = "student" if float(e["confidence"]) >= t else "teacher"
+            covered += side == "student"
+            succ += bool(e[f"{side}_correct"])
+            qual += float(e[f"{side}_quality"])
+            failed += bool(e[f"{side}_failed"])
+            if side == "teacher":
+                usd += cost.cost(float(e["teacher_tokens"]), 0)
         out["points"].append({"threshold": round(t, 6), "all_teacher": t == above and t not in confs,
                               "coverage": round(covered / n, 4), "success_rate": round(succ / n, 4),
-                              "quality": round(qual / n, 4), "cost_per_task_usd": round(usd / n, 6)})
+                              "quality": round(qual / n, 4), "failure_rate": round(failed / n, 4),
+                              "cost_per_task_usd": round(usd / n, 6)})
     return out
 
 
@@ -327,7 +327,8 @@ def build_report(ledger: Ledger, *, t0: float, end: float, cost: CostModel, eval
             op = (rep.get("confidence") or {}).get("threshold")
         sweep = threshold_sweep(rep, cost, operating_threshold=op)
         sweep.update(version=v["version"], status=v["status"], eval_tasks=(rep.get("student") or {}).get("episodes"),
-                     quality_ratio=rep.get("quality_ratio"), calibration=rep.get("confidence") or {})
+                     quality_ratio=rep.get("quality_ratio"), calibration=rep.get("confidence") or {},
+                     routed=rep.get("routed") or {})
 
     width = bin_s or max(5.0, round((end - t0) / 60))
     report: dict[str, Any] = {
@@ -431,19 +432,28 @@ def render_markdown(r: dict[str, Any]) -> str:
             if side:
                 L.append(f"- {name.replace('_', ' ')}: success {_fmt_pct(side['success_rate'])}, quality "
                          f"{side['quality']}, cost per task {_fmt_usd(side['cost_per_task_usd'])}")
+        routed = sw.get("routed") or {}
+        if routed:
+            L.append(f"- as the router deploys it (the evaluation's routed figures): "
+                     f"{_fmt_pct(routed.get('coverage'))} of tasks to the student, quality ratio "
+                     f"{routed.get('quality_ratio')} on those, catastrophic "
+                     f"failures {_fmt_pct(routed.get('failure_rate'))}, system quality ratio "
+                     f"{routed.get('system_quality_ratio')}")
         if sw["missing"]:
-            L += ["", "The sweep between those two ends needs per-episode data that this evaluation report does not "
+            L += ["", "The sweep between those two ends needs per-task rows that this evaluation report does not "
                   "hold: " + ", ".join(f"`{m}`" for m in sw["missing"]) + ". Only the ends are plotted."]
         else:
-            L += ["", "| threshold | student coverage | task success | quality | cost per task |",
-                  "| --- | --- | --- | --- | --- |"]
+            L += ["", "| threshold | student coverage | task success | quality | catastrophic failures | "
+                  "cost per task |",
+                  "| --- | --- | --- | --- | --- | --- |"]
             pts = sw["points"]
             step = max(1, len(pts) // 12)
             keep = {id(p) for p in pts[::step]} | {id(pts[-1])}
             for p in pts:
                 if id(p) in keep or p["threshold"] == sw.get("operating_threshold"):
                     L.append(f"| {'all teacher' if p['all_teacher'] else p['threshold']} | {_fmt_pct(p['coverage'])} | "
-                             f"{_fmt_pct(p['success_rate'])} | {p['quality']} | {_fmt_usd(p['cost_per_task_usd'])} |")
+                             f"{_fmt_pct(p['success_rate'])} | {p['quality']} | {_fmt_pct(p['failure_rate'])} | "
+                             f"{_fmt_usd(p['cost_per_task_usd'])} |")
     L += ["", "## Gate rejections (scored traces)", "", "| gate | traces |", "| --- | --- |"]
     L += [f"| {g} | {n} |" for g, n in r["gate_rejections"].items()] or ["| (none) | 0 |"]
     cm = r["cost_model"]
@@ -532,7 +542,7 @@ def write_plots(r: dict[str, Any], out_dir: Path) -> list[str]:
                         label=name.replace("_", " "))
         title = f"Quality vs cost by routing threshold ({sw['version']}, {sw['status']})"
         if sw["missing"]:
-            title += "\nends only: the eval report has no per-episode data"
+            title += "\nends only: the eval report has no per-task rows"
         ax.set_title(title, fontsize=10)
         ax.set_ylim(-0.02, 1.05)
         ax.legend(fontsize=8)

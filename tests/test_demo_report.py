@@ -84,6 +84,8 @@ def test_a_student_phase_the_student_served_nothing_of_proves_nothing_about_succ
     for name in ("student_share_last_phase", "task_success_vs_teacher", "cost_per_task_down"):
         assert c[name]["result"] == "FAIL", c[name]
     assert "served none of the 400 requests" in c["cost_per_task_down"]["detail"]
+    assert "$0.00900 per task" in c["cost_per_task_down"]["detail"]  # the figures, though not judged
+    assert c["cost_per_task_down"]["value"] is None and c["task_success_vs_teacher"]["value"] is None
 
 
 def eval_report(with_episodes: bool = True) -> dict[str, Any]:
@@ -95,11 +97,13 @@ def eval_report(with_episodes: bool = True) -> dict[str, Any]:
     if with_episodes:
         # confident episodes succeed; unconfident ones fail: a higher threshold buys success with cost
         rep["episodes"] = [
-            {"task_id": f"k{i}", "student": {"confidence": c, "success": c >= 0.7, "quality": 0.9 if c >= 0.7 else 0.3,
-                                             "tokens": 500},
-             "teacher": {"success": True, "quality": 0.9, "tokens": 1000}}
+            {"task_id": f"k{i}", "family": "lookup", "confidence": c, "student_correct": c >= 0.7,
+             "student_quality": 0.9 if c >= 0.7 else 0.3, "student_failed": c < 0.7, "student_tokens": 500,
+             "teacher_correct": True, "teacher_quality": 0.9, "teacher_failed": False, "teacher_tokens": 1000}
             for i, c in enumerate((0.9, 0.8, 0.5, 0.2))
         ]
+        rep["routed"] = {"threshold": 0.7, "coverage": 0.5, "quality_ratio": 1.0, "failure_rate": 0.0,
+                         "system_quality_ratio": 1.0}
     return rep
 
 
@@ -108,9 +112,9 @@ def test_threshold_sweep_trades_quality_for_cost() -> None:
     sw = threshold_sweep(eval_report(), cm, operating_threshold=0.7)
     assert sw["missing"] == []
     pts = {p["threshold"]: p for p in sw["points"]}
-    assert pts[0.0]["coverage"] == 1.0 and pts[0.0]["success_rate"] == 0.5
+    assert pts[0.0]["coverage"] == 1.0 and pts[0.0]["success_rate"] == 0.5 and pts[0.0]["failure_rate"] == 0.5
     assert pts[0.0]["cost_per_task_usd"] == pytest.approx(0.0005)  # 500 student tokens each
-    assert pts[0.7]["coverage"] == 0.5 and pts[0.7]["success_rate"] == 1.0
+    assert pts[0.7]["coverage"] == 0.5 and pts[0.7]["success_rate"] == 1.0 and pts[0.7]["failure_rate"] == 0
     # 4 x 500 student tokens + 2 escalations x 1000 teacher tokens, over 4 tasks
     assert pts[0.7]["cost_per_task_usd"] == pytest.approx((4 * 0.0005 + 2 * 0.01) / 4)
     top = sw["points"][-1]
@@ -126,8 +130,8 @@ def test_threshold_sweep_without_per_episode_data_names_what_it_needs() -> None:
     assert sw["points"] == [] and sw["missing"] == [f"episodes[].{f}" for f in EPISODE_FIELDS]
     assert sw["teacher_only"]["success_rate"] == 1.0 and sw["student_only"]["success_rate"] == 0.5
     rep = eval_report()
-    del rep["episodes"][1]["teacher"]["tokens"]
-    assert threshold_sweep(rep, CostModel())["missing"] == ["episodes[].teacher.tokens"]
+    del rep["episodes"][1]["teacher_tokens"]  # a student-only evaluation: no teacher to compare with
+    assert threshold_sweep(rep, CostModel())["missing"] == ["episodes[].teacher_tokens"]
 
 
 def _with_versions(ledger: Ledger) -> Ledger:
@@ -161,6 +165,8 @@ def test_report_from_a_flywheel_run(tmp_path: Path) -> None:
     md = render_markdown(report)
     assert "| student share of requests in the last phase |" in md and "**PASS**" in md
     assert "after the first promotion, last" in md  # one student phase plays both roles
+    assert "| 0.7 | 50.0% | 100.0% | 0.9 | 0.0% |" in md  # the sweep at the calibrated threshold
+    assert "system quality ratio 1.0" in md
     for name in report["plots"]:
         assert f"![{name}]({name})" in md
     json.dumps(report)  # report.json
@@ -181,7 +187,7 @@ def test_report_of_a_run_where_nothing_was_promoted(tmp_path: Path) -> None:
     assert report["sweep"]["status"] == "rejected" and report["sweep"]["missing"]
     report["plots"] = write_plots(report, tmp_path)
     md = render_markdown(report)
-    assert "0 of 4 PASS" in md and "did not happen" in md and "per-episode data" in md
+    assert "0 of 4 PASS" in md and "did not happen" in md and "per-task rows" in md
 
 
 def _png_size(path: Path) -> tuple[int, int]:
