@@ -80,6 +80,18 @@ _DIMENSIONS = ("correctness", "efficiency", "tool_selection", "safety", "reasoni
 _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
+def _codecs(table: Any) -> Any:
+    """Raw str keys and the `stillflow-table` value codec for a table's changelog and store (before
+    its store is created: faust makes it on first use)."""
+    table.key_type = str  # raw bytes back to str when the changelog is read
+    table.key_serializer = "raw"
+    table.value_serializer = TABLE_CODEC
+    # the table manager made the changelog topic (with the JSON serializers) when the table was added;
+    # recovery reads through that topic object, so it is made again with these
+    table.changelog_topic = table._new_changelog_topic()
+    return table
+
+
 def _ts(dt: datetime) -> float:
     return dt.timestamp()
 
@@ -178,15 +190,20 @@ class StreamsApp:
 
         # use_partitioner: changelog records are partitioned by key hash, which for trace_id keys is the
         # source partition (the SDK keys by trace_id with the same murmur2 partitioner); this lets a
-        # batch write its traces after the fact instead of inside each event's context.
+        # batch write its traces after the fact instead of inside each event's context. That holds only
+        # for raw key bytes: with faust's default JSON key serializer the hashed bytes were `"<id>"`, which
+        # put 3 of 4 traces' state on another partition than their events (lost to a rebalance), and
+        # JSON-encoding every key cost a fresh JSONEncoder per changelog write. A faust Table takes its
+        # serializers from its key/value types ("json" for anything but bytes), not from its schema:
+        # they are set on the table itself (`_codecs`).
         def schema() -> faust.Schema:
-            return faust.Schema(key_type=str, value_serializer=TABLE_CODEC)
+            return faust.Schema(key_type=str, key_serializer="raw", value_serializer=TABLE_CODEC)
 
-        self.assembly = app.Table("assembly", default=None, partitions=partitions, schema=schema(),
-                                  use_partitioner=True)
-        self.references = app.Table("references", default=None, partitions=partitions, schema=schema(),
-                                    use_partitioner=True)
-        self.windows = app.Table("windows", default=None, partitions=1, schema=schema())
+        self.assembly = _codecs(app.Table("assembly", default=None, partitions=partitions, schema=schema(),
+                                          use_partitioner=True))
+        self.references = _codecs(app.Table("references", default=None, partitions=partitions, schema=schema(),
+                                            use_partitioner=True))
+        self.windows = _codecs(app.Table("windows", default=None, partitions=1, schema=schema()))
 
         self._ok_counters = {role: self.metrics.events_in.labels(role, "ok") for role in ("steps", "outcomes")}
         self._pending: dict[str, _PendingWindow] = {}
