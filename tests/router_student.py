@@ -31,18 +31,24 @@ CONVERSATIONS = [
 ]
 
 
-def train_memorised_student(out_dir: Path, *, steps: int = 150, seed: int = 0) -> Path:
+def train_memorised_student(out_dir: Path, *, steps: int = 150, seed: int = 0, slots: bool = False) -> Path:
+    """`slots`: trained on value-slot-encoded conversations (stillflow.slots) and saved with the format
+    file, so the answer's "42" is learnt as "copy the first value of the tool result"."""
     import torch
 
+    from stillflow.slots import save_format
     from trainer.settings import StudentSection
     from trainer.sft import save_student
     from trainer.student import tiny_student
 
-    section = StudentSection(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, vocab_size=320)
+    section = StudentSection(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, vocab_size=320,
+                             value_slots=4 if slots else 0)
     student = tiny_student(CONVERSATIONS * 4, section, seed=seed)
     tok, model = student.tokenizer, student.model
     rows = []
     for conv in CONVERSATIONS:
+        if student.codec is not None:
+            conv = {**conv, "messages": student.codec.encode(conv["messages"])[0]}
         enc = tok.apply_chat_template(conv["messages"], tools=conv["tools"], tokenize=True, return_dict=True,
                                       return_assistant_tokens_mask=True)
         ids = torch.tensor(enc["input_ids"])
@@ -60,7 +66,9 @@ def train_memorised_student(out_dir: Path, *, steps: int = 150, seed: int = 0) -
         loss.backward()
         opt.step()
     model.eval()
-    return save_student(model, tok, out_dir)
+    path = save_student(model, tok, out_dir)
+    save_format(path, student.codec)
+    return path
 
 
 _TRAINED: dict[str, Path] = {}

@@ -144,7 +144,10 @@ class TrainingJob:
             train_rows = student.encode_rows(train_rows)
             stages["student"] = time.perf_counter() - t0
             warm = StageResult("copy_warmup", None, skipped="pretrained student")
-            if not s.student.pretrained:
+            if student.codec is not None:
+                # measured: with value slots the synthetic recall stage only raised the SFT loss (1.77 vs 0.83)
+                warm = StageResult("copy_warmup", None, skipped="value slots: a copy is one slot token")
+            elif not s.student.pretrained:
                 warm = copy_warmup(student, steps=s.student.copy_warmup_steps, learning_rate=s.student.copy_warmup_lr,
                                    device=device, seed=s.seed, target_loss=s.student.copy_warmup_target_loss)
                 stages["copy_warmup"] = warm.seconds

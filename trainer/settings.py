@@ -74,7 +74,8 @@ class StudentSection(_Section):
         description="tiny students: ids, paths, numbers tagged with slot tokens it copies (stillflow.slots); 0 = off",
     )
     copy_warmup_steps: int = Field(
-        default=800, ge=0, description="tiny students: at most this many associative-recall steps before SFT"
+        default=800, ge=0,
+        description="tiny students without value slots: at most this many associative-recall steps before SFT",
     )
     copy_warmup_lr: float = Field(default=1e-3, gt=0)
     copy_warmup_target_loss: float = Field(default=0.3, ge=0, description="the warm-up stops below this loss")
@@ -212,7 +213,9 @@ class TrainerSection(_Section):
                     update={"hidden_size": 192, "num_layers": 4, "num_heads": 6, "intermediate_size": 512,
                             "vocab_size": 2048, "copy_warmup_steps": 200, "copy_warmup_lr": 2e-3}
                 ),
-                "sft": self.sft.model_copy(update={"max_steps": 320, "batch_size": 16}),
+                # measured with value slots on 503 examples: 640 steps of 8 at 3e-3 beat 320 of 16 at 2e-3
+                # in the same time (held-out success 8% vs 6%, SFT loss 0.73 vs 0.83)
+                "sft": self.sft.model_copy(update={"max_steps": 640, "batch_size": 8, "learning_rate": 3e-3}),
                 "dpo": self.dpo.model_copy(update={"max_steps": 15, "batch_size": 8}),
                 "eval": self.eval.model_copy(update={"tasks": 24, "offline_examples": 16, "max_turns": 5,
                                                      "max_new_tokens": 96}),
