@@ -55,6 +55,8 @@ def _summ(report: dict[str, Any]) -> dict[str, Any]:
                       for f, v in report["by_family"].items()},
         "confidence_threshold": report["confidence"]["threshold"],
         "confidence_coverage": report["confidence"]["coverage"],
+        "routed": {k: (report.get("routed") or {}).get(k) for k in ("coverage", "quality_ratio", "failure_rate",
+                                                                     "system_quality_ratio")},
     }
 
 
@@ -63,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=1500, help="sim tasks (each run twice by the teacher)")
     ap.add_argument("--steps", type=int, default=1200, help="SFT steps per student (the shared budget)")
     ap.add_argument("--dpo-steps", type=int, default=60)
-    ap.add_argument("--warmup-steps", type=int, default=800, help="copy warm-up steps at most (trainer.warmup)")
+    ap.add_argument("--warmup-steps", type=int, default=800,
+                    help="copy warm-up steps at most (trainer.warmup; skipped with value slots)")
+    ap.add_argument("--slots", type=int, default=32, help="value slots (stillflow.slots); 0 = plain text")
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--augment", type=int, default=1, help="identifier-swapped copies per example (trainer.augment)")
     ap.add_argument("--eval-tasks", type=int, default=60)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--pretokenize", default="phrases", choices=["words", "phrases"])
     ap.add_argument("--no-redact", action="store_true", help="keep emails in the data (the stream redacts them)")
     ap.add_argument("--dpo-ungated", action="store_true", help="also DPO the ungated student")
@@ -106,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     student_cfg = StudentSection(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                                  intermediate_size=args.hidden * 8 // 3 // 16 * 16, vocab_size=3072,
-                                 pretokenize=args.pretokenize)
-    sft_cfg = SFTSection(max_steps=args.steps, batch_size=16, learning_rate=args.lr, logging_steps=100,
+                                 pretokenize=args.pretokenize, value_slots=args.slots)
+    sft_cfg = SFTSection(max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr, logging_steps=100,
                          augment_copies=args.augment)
     dpo_cfg = DPOSection(max_steps=args.dpo_steps, batch_size=8, logging_steps=20)
     env = SimEvalEnvironment()
@@ -121,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     def evaluate(name: str, student: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         student.model.eval()
-        report = evaluator.evaluate(StudentRuntime(student.model, student.tokenizer), None, model_id=name).to_dict()
+        runtime = StudentRuntime(student.model, student.tokenizer, codec=student.codec)
+        report = evaluator.evaluate(runtime, None, model_id=name).to_dict()
         (work / f"{name}.report.json").write_text(json.dumps(report, indent=1))
         out = _summ(report)
         out["eval_seconds"] = round(time.perf_counter() - t0, 1)
@@ -134,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     # one starting point for both: the tokenizer learns from every trace (the ungated set holds them all)
     base = tiny_student([{"messages": r.messages, "tools": r.tools} for r in ungated.train_sft], student_cfg,
                         seed=args.seed)
-    warm = copy_warmup(base, steps=args.warmup_steps, seed=args.seed)
+    warm_steps = 0 if base.codec is not None else args.warmup_steps  # as the job: slots replace it
+    warm = copy_warmup(base, steps=warm_steps, seed=args.seed)
     progress(f"copy warm-up: {warm.steps} steps in {warm.seconds:.0f} s, loss {warm.final_loss}")
     initial = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
     for name, split in (("gated", gated), ("ungated", ungated)):
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         student = base
         student.model.load_state_dict(initial)
         student.model.train()
-        sft = run_sft(student, sft_rows(split.train_sft), sft_cfg, work / name / "sft", seed=args.seed, progress=False)
+        sft = run_sft(student, student.encode_rows(sft_rows(split.train_sft)), sft_cfg, work / name / "sft",
+                      seed=args.seed, progress=False)
         progress(f"{name} SFT: {sft.steps} steps in {sft.seconds:.0f} s, "
                  f"loss {sft.first_loss:.3f} → {sft.final_loss:.3f}")
         results[f"{name}_sft"] = {**evaluate(f"{name}_sft", student), "train_examples": sft.examples,
@@ -153,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                        "failures": rep["teacher"]["failures"], "dimensions": rep["teacher"]["dimensions"]}
         if name == "gated" or args.dpo_ungated:
             student.model.train()
-            dpo = run_dpo(student, work / name / "sft", dpo_rows(split.train_pairs), dpo_cfg, work / name / "dpo",
-                          seed=args.seed, progress=False)
+            dpo = run_dpo(student, work / name / "sft", student.encode_rows(dpo_rows(split.train_pairs), "dpo"),
+                          dpo_cfg, work / name / "dpo", seed=args.seed, progress=False)
             progress(f"{name} DPO: {dpo.steps} steps in {dpo.seconds:.0f} s ({dpo.skipped or 'ok'})")
             results[f"{name}_sft_dpo"] = {**evaluate(f"{name}_sft_dpo", student), "dpo_seconds": round(dpo.seconds, 1),
                                           "dpo_final_loss": dpo.final_loss}
@@ -172,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     emit_result("trainer_quality", {
         "config": {"tasks": args.tasks, "sft_steps": args.steps, "dpo_steps": args.dpo_steps,
-                   "warmup_steps": warm.steps, "augment_copies": args.augment,
+                   "warmup_steps": warm.steps, "augment_copies": args.augment, "value_slots": args.slots,
+                   "batch_size": args.batch,
                    "eval_tasks": args.eval_tasks, "student": student_cfg.model_dump(), "lr": args.lr,
                    "redacted": not args.no_redact},
         "data": {"gated_train": len(gated.train_sft), "ungated_train": len(ungated.train_sft),
