@@ -1,8 +1,8 @@
 """Value slots: how a tiny student copies ids, paths and numbers (trainer and router share this).
 
-Exports `SlotCodec` (`encode(messages)` → `(messages, table)`, `decode(text, table)`, `tokens`),
-`save_format(dir, codec)` / `load_format(dir)` (the `stillflow_format.json` beside the weights) and
-`FORMAT_FILE`.
+Exports `SlotCodec` (`encode(messages)` → `(messages, table: slot token → value)`, `decode(text, table)`,
+`tokens`), `save_format(dir, codec)` / `load_format(dir)` (the `stillflow_format.json` beside the
+weights) and `FORMAT_FILE`.
 
 Why: an agent copies all the time — an order id from the question into SQL, a path from a search hit
 into `read_file`, a price from a query result into the calculator, the result into the answer. A small
@@ -15,6 +15,9 @@ an exact copy of a tagged value is the slot token alone, `<v3>`, and `decode` pu
 value stays visible after its tag, so the model can still reason about it (10% → 0.1); a value that
 first appears in an assistant turn (a computed one) stays literal. Numbering depends only on the
 conversation so far, so re-encoding a longer conversation keeps every earlier slot.
+
+Typed slots (`SlotCodec(n, typed=True)`) number each kind of value apart (`<i0>` the first id, `<p0>` the
+first path, `<n0>` the first number, `<d0>`, `<e0>`), so e.g. a search's top hit is always `<p0>`.
 
 Values: e-mail addresses, absolute paths, dates (YYYY-MM-DD), ids (letters, a dash, digits:
 `C-00519`, `Nova-34`) and numbers with at least two digits (`2020`, `1,130,000`, `98.36`); single
@@ -35,15 +38,17 @@ __all__ = ["FORMAT_FILE", "SlotCodec", "load_format", "save_format"]
 
 FORMAT_FILE = "stillflow_format.json"
 
-# One pass, leftmost match wins, alternatives in priority order (a path swallows the id in it).
+# One pass, leftmost match wins, alternatives in priority order (a path swallows the id in it). The group
+# name is the value's kind (typed slots: `<p0>` is the first path, `<i0>` the first id, ...).
 _VALUE_RX = re.compile(
-    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"                   # e-mail
-    r"|(?<![\w/.])/[\w.\-]+(?:/[\w.\-]+)*"             # absolute path
-    r"|\b\d{4}-\d{2}-\d{2}\b"                          # date
-    r"|\b[A-Za-z]+-\d+\b"                              # id
-    r"|(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d{2,}|\d)(?:\.\d+)?(?![\w])"  # number (filtered below)
+    r"(?P<e>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"                   # e-mail
+    r"|(?P<p>(?<![\w/.])/[\w.\-]+(?:/[\w.\-]+)*)"             # absolute path
+    r"|(?P<d>\b\d{4}-\d{2}-\d{2}\b)"                          # date
+    r"|(?P<i>\b[A-Za-z]+-\d+\b)"                              # id
+    r"|(?P<n>(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d{2,}|\d)(?:\.\d+)?(?![\w]))"  # number (filtered below)
 )
-_SLOT_RX = re.compile(r"<v(\d+)>")
+KINDS = ("e", "p", "d", "i", "n")
+_SLOT_RX = re.compile(r"<([vepdin])(\d+)>")
 # a copy inside an assistant turn: not glued to more of an identifier on either side
 _BEFORE = r"(?<![\w./@-])"
 _AFTER = r"(?![\w/@]|[.,-]\w)"
@@ -55,30 +60,34 @@ def _is_value(text: str) -> bool:
 
 
 class SlotCodec:
-    """Tags values with slot tokens for a model and puts them back in what it writes (module docstring)."""
+    """Tags values with slot tokens for a model and puts them back in what it writes (module docstring).
+    `typed`: one numbering per kind of value (`<i0>` the first id, `<p0>` the first path, `<n0>` the first
+    number, `<d0>`, `<e0>`), n of each; untyped: one numbering for all (`<v0>`, `<v1>`, ...)."""
 
-    def __init__(self, n: int = 32) -> None:
+    def __init__(self, n: int = 32, *, typed: bool = False) -> None:
         if not 1 <= n <= 1000:
             raise ValueError(f"slot count must be 1..1000, not {n}")
         self.n = n
+        self.typed = typed
 
     @property
     def tokens(self) -> list[str]:
         """The slot tokens the tokenizer must hold, one id each."""
-        return [f"<v{k}>" for k in range(self.n)]
+        kinds = KINDS if self.typed else ("v",)
+        return [f"<{kind}{k}>" for kind in kinds for k in range(self.n)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value_slots": self.n, "version": 1}
+        return {"value_slots": self.n, "typed": self.typed, "version": 1}
 
     # -- encoding ------------------------------------------------------------------------------
 
-    def encode(self, messages: Iterable[dict[str, Any]], table: list[str] | None = None
-               ) -> tuple[list[dict[str, Any]], list[str]]:
-        """(the messages as the model sees them, the slot table: value of slot k at index k). Messages
-        are copied, never modified. `table`: continue numbering from an earlier encode (DPO: the prompt's
-        table for each completion)."""
-        table = list(table or [])
-        index = {v: k for k, v in enumerate(table)}
+    def encode(self, messages: Iterable[dict[str, Any]], table: dict[str, str] | None = None
+               ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """(the messages as the model sees them, the slot table: slot token → value, in order of first
+        appearance). Messages are copied, never modified. `table`: continue numbering from an earlier
+        encode (DPO: the prompt's table for each completion)."""
+        table = dict(table or {})
+        index = {v: tok for tok, v in table.items()}
         out: list[dict[str, Any]] = []
         for m in messages:
             m = dict(m)
@@ -96,33 +105,35 @@ class SlotCodec:
             out.append(m)
         return out, table
 
-    def _tag(self, text: str, table: list[str], index: dict[str, int]) -> str:
-        if "<v" in text:  # a literal slot-like string in the input must not pass for a slot
-            text = _SLOT_RX.sub(lambda m: "< v" + m.group(1) + ">", text)
+    def _tag(self, text: str, table: dict[str, str], index: dict[str, str]) -> str:
+        if "<" in text:  # a literal slot-like string in the input must not pass for a slot
+            text = _SLOT_RX.sub(lambda m: "< " + m.group(1) + m.group(2) + ">", text)
 
         def one(m: re.Match[str]) -> str:
             value = m.group(0).rstrip(".-")
             rest = m.group(0)[len(value):]
             if not value or not _is_value(value):
                 return m.group(0)
-            k = index.get(value)
-            if k is None:
-                if len(table) >= self.n:
+            tok = index.get(value)
+            if tok is None:
+                kind = m.lastgroup if self.typed else "v"
+                used = sum(1 for t in table if t[1] == kind) if self.typed else len(table)
+                if used >= self.n:
                     return m.group(0)
-                k = index[value] = len(table)
-                table.append(value)
-            return f"<v{k}>{value}{rest}"
+                tok = index[value] = f"<{kind}{used}>"
+                table[tok] = value
+            return f"{tok}{value}{rest}"
 
         return _VALUE_RX.sub(one, text)
 
     @staticmethod
-    def _copier(table: list[str]) -> Any:
+    def _copier(table: dict[str, str]) -> Any:
         if not table:
             return None
-        by_len = sorted(range(len(table)), key=lambda k: -len(table[k]))
-        rx = re.compile(_BEFORE + "(" + "|".join(re.escape(table[k]) for k in by_len) + ")" + _AFTER)
-        index = {v: k for k, v in enumerate(table)}
-        return lambda text: rx.sub(lambda m: f"<v{index[m.group(1)]}>", text)
+        index = {v: tok for tok, v in table.items()}
+        values = sorted(index, key=len, reverse=True)
+        rx = re.compile(_BEFORE + "(" + "|".join(re.escape(v) for v in values) + ")" + _AFTER)
+        return lambda text: rx.sub(lambda m: index[m.group(1)], text)
 
     @staticmethod
     def _call(tc: dict[str, Any], copy: Any) -> dict[str, Any]:
@@ -139,15 +150,10 @@ class SlotCodec:
     # -- decoding ------------------------------------------------------------------------------
 
     @staticmethod
-    def decode(text: str, table: list[str]) -> str:
+    def decode(text: str, table: dict[str, str]) -> str:
         """`text` with every known slot token replaced by its value (an unknown one stays as written:
         the output is wrong and is judged so, never silently repaired)."""
-
-        def one(m: re.Match[str]) -> str:
-            k = int(m.group(1))
-            return table[k] if k < len(table) else m.group(0)
-
-        return _SLOT_RX.sub(one, text)
+        return _SLOT_RX.sub(lambda m: table.get(m.group(0), m.group(0)), text)
 
     # -- rows --------------------------------------------------------------------------------------
 
@@ -183,4 +189,4 @@ def load_format(directory: str | Path) -> SlotCodec | None:
         raise ValueError(f"{path}: not a stillflow format file ({exc})") from None
     if spec.get("version") != 1:
         raise ValueError(f"{path}: format version {spec.get('version')!r} is not supported (expected 1)")
-    return SlotCodec(n)
+    return SlotCodec(n, typed=bool(spec.get("typed", False)))

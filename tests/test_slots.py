@@ -27,7 +27,8 @@ def _conv() -> list[dict]:
 
 def test_values_in_what_the_model_reads_are_tagged_in_order_of_first_appearance() -> None:
     messages, table = SlotCodec(8).encode(_conv())
-    assert table == ["O-01533", "10", "98.36", "265.57"]
+    assert list(table.values()) == ["O-01533", "10", "98.36", "265.57"]
+    assert list(table) == ["<v0>", "<v1>", "<v2>", "<v3>"]
     assert messages[1]["content"] == "What is the total of order <v0>O-01533 after applying a <v1>10% discount?"
     # a single digit is copied as it is; the system prompt is never touched
     assert messages[3]["content"] == "quantity | price\n3 | <v2>98.36\n(1 row)"
@@ -65,15 +66,15 @@ def test_numbering_is_stable_as_the_conversation_grows() -> None:
     for k in range(2, len(conv) + 1):
         _, table = codec.encode(conv[:k])
         _, full = codec.encode(conv)
-        assert full[: len(table)] == table
+        assert list(full.items())[: len(table)] == list(table.items())
 
 
 def test_paths_emails_dates_and_ids_inside_paths() -> None:
     text = ("[1] Project Nova-34 (/docs/projects/nova-34.md)\nowner ana.ng@example.com, report "
             "/archive/reports/2021-08-31.txt of 2021-08-31, budget $1,130,000.")
     messages, table = SlotCodec(16).encode([{"role": "tool", "content": text}])
-    assert table == ["Nova-34", "/docs/projects/nova-34.md", "ana.ng@example.com", "/archive/reports/2021-08-31.txt",
-                     "2021-08-31", "1,130,000"]
+    assert list(table.values()) == ["Nova-34", "/docs/projects/nova-34.md", "ana.ng@example.com",
+                                    "/archive/reports/2021-08-31.txt", "2021-08-31", "1,130,000"]
     assert messages[0]["content"].endswith("budget $<v5>1,130,000.")
 
 
@@ -81,20 +82,20 @@ def test_a_copy_glued_to_a_longer_identifier_is_not_replaced() -> None:
     conv = [{"role": "user", "content": "Project Nova-34 or 34?"},
             {"role": "assistant", "content": "Nova-345 is not Nova-34; 34 is 34."}]
     messages, table = SlotCodec(8).encode(conv)
-    assert table == ["Nova-34", "34"]
+    assert list(table.values()) == ["Nova-34", "34"]
     assert messages[1]["content"] == "Nova-345 is not <v0>; <v1> is <v1>."
 
 
 def test_slots_run_out_and_later_values_stay_literal() -> None:
     messages, table = SlotCodec(2).encode([{"role": "user", "content": "A-11 B-22 C-33"}])
-    assert table == ["A-11", "B-22"]
+    assert list(table.values()) == ["A-11", "B-22"]
     assert messages[0]["content"] == "<v0>A-11 <v1>B-22 C-33"
 
 
 def test_a_slot_like_string_in_the_input_cannot_pass_for_a_slot() -> None:
     messages, table = SlotCodec(4).encode([{"role": "user", "content": "print <v0> and X-12"}])
     assert messages[0]["content"] == "print < v0> and <v0>X-12"
-    assert table == ["X-12"]
+    assert table == {"<v0>": "X-12"}
 
 
 def test_dpo_rows_share_the_prompt_numbering() -> None:
@@ -121,3 +122,28 @@ def test_the_format_file_round_trips_and_bad_files_are_refused(tmp_path) -> None
         load_format(tmp_path)
     with pytest.raises(ValueError):
         SlotCodec(0)
+
+
+def test_typed_slots_number_each_kind_of_value_apart() -> None:
+    codec = SlotCodec(4, typed=True)
+    assert len(codec.tokens) == 5 * 4 and "<p0>" in codec.tokens and "<i3>" in codec.tokens
+    conv = [{"role": "user", "content": "Which tier has the sponsor of project Nova-34?"},
+            {"role": "tool", "content": "[1] Project Nova-34 (/docs/projects/nova-34.md)\n"
+                                        "[2] Project Lark-34 (/docs/projects/lark-34.md)"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {
+                "name": "read_file", "arguments": '{"path": "/docs/projects/nova-34.md"}'}}]},
+            {"role": "tool", "content": "- Launch year: 2020\n- Sponsor: customer C-00713"},
+            {"role": "assistant", "content": "The sponsor is C-00713, since 2020."}]
+    messages, table = codec.encode(conv)
+    # the top hit is always the first path, whatever ids came before it
+    assert messages[2]["tool_calls"][0]["function"]["arguments"] == '{"path": "<p0>"}'
+    assert messages[4]["content"] == "The sponsor is <i2>, since <n0>."
+    assert table == {"<i0>": "Nova-34", "<p0>": "/docs/projects/nova-34.md", "<i1>": "Lark-34",
+                     "<p1>": "/docs/projects/lark-34.md", "<n0>": "2020", "<i2>": "C-00713"}
+    assert codec.decode("read <p1> for <i2>", table) == "read /docs/projects/lark-34.md for C-00713"
+
+
+def test_typed_format_round_trips(tmp_path) -> None:
+    save_format(tmp_path, SlotCodec(8, typed=True))
+    loaded = load_format(tmp_path)
+    assert loaded.typed and loaded.n == 8

@@ -73,6 +73,8 @@ class StudentSection(_Section):
         default=32, ge=0, le=1000,
         description="tiny students: ids, paths, numbers tagged with slot tokens it copies (stillflow.slots); 0 = off",
     )
+    # measured once (quick dims, 1 600 steps, 150 held-out tasks): typed 15% success vs untyped 22%
+    typed_slots: bool = Field(default=False, description="one slot numbering per kind of value (<i0>, <p0>, <n0>...)")
     copy_warmup_steps: int = Field(
         default=800, ge=0,
         description="tiny students without value slots: at most this many associative-recall steps before SFT",

@@ -103,7 +103,7 @@ def tiny_student(
     from trainer.tokenizer import train_tokenizer
 
     s = section or StudentSection()
-    codec = SlotCodec(s.value_slots) if s.value_slots else None
+    codec = SlotCodec(s.value_slots, typed=s.typed_slots) if s.value_slots else None
     if codec is not None:  # the tokenizer learns the text the model will read
         conversations = ({**c, "messages": codec.encode(c.get("messages") or [])[0]} for c in conversations)
     tokenizer = train_tokenizer(
