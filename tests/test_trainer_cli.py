@@ -136,3 +136,15 @@ def test_train_from_topics_publishes_run_and_version_events(
     manifest = json.loads((tmp_path / "reg" / "student" / "v0001" / "manifest.json").read_text())
     assert manifest["data_watermark"]["offsets"][f"{topics.dataset_sft}:0"] >= 0
     assert manifest["data"]["counts"]["train_sft"] + manifest["data"]["counts"]["heldout_sft"] == len(examples)
+
+
+def test_training_precision_follows_the_hardware_unless_forced(monkeypatch) -> None:
+    import trainer.sft as sft
+
+    monkeypatch.setattr(sft, "cpu_bf16_supported", lambda: True)
+    assert sft.training_device_args("cpu") == {"bf16": True, "fp16": False, "use_cpu": True}
+    assert sft.training_device_args("cpu", "fp32")["bf16"] is False
+    monkeypatch.setattr(sft, "cpu_bf16_supported", lambda: False)
+    assert sft.training_device_args("cpu")["bf16"] is False  # a CPU without bf16: fp32
+    assert sft.training_device_args("cpu", "bf16")["bf16"] is True
+    assert sft.training_device_args("mps") == {"bf16": False, "fp16": False, "use_cpu": False}

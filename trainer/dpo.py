@@ -56,6 +56,7 @@ def run_dpo(
     device: str = "cpu",
     seed: int = 0,
     progress: bool = True,
+    precision: str = "auto",
 ) -> StageResult:
     """Train `student.model` in place with DPO against the saved SFT reference; save to `out_dir`."""
     t0 = time.perf_counter()
@@ -82,7 +83,7 @@ def run_dpo(
     losses: list[dict[str, float]] = []
     config = DPOConfig(
         **common_training_args(section, out_dir, max_steps=section.max_steps, seed=seed, progress=progress,
-                               device=device),
+                               device=device, precision=precision),
         beta=section.beta,
         loss_type=loss_type,
         loss_weights=weights,

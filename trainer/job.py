@@ -154,14 +154,14 @@ class TrainingJob:
                 self.echo(f"[{run_id}] copy warm-up: {warm.steps} steps in {warm.seconds:.0f} s, loss "
                           f"{warm.first_loss} → {warm.final_loss}")
 
-            sft = run_sft(student, train_rows, s.sft, work / "sft", device=device, seed=s.seed,
+            sft = run_sft(student, train_rows, s.sft, work / "sft", device=device, seed=s.seed, precision=s.precision,
                           progress=self.progress)
             stages["sft"] = sft.seconds
             self.echo(f"[{run_id}] SFT: {sft.steps} steps in {sft.seconds:.0f} s, "
                       f"loss {sft.first_loss} → {sft.final_loss}")
             final_dir = sft.checkpoint
             pair_rows = student.encode_rows(dpo_rows(split.train_pairs), "dpo")
-            dpo = run_dpo(student, sft.checkpoint, pair_rows, s.dpo, work / "dpo", device=device,
+            dpo = run_dpo(student, sft.checkpoint, pair_rows, s.dpo, work / "dpo", device=device, precision=s.precision,
                           seed=s.seed, progress=self.progress)  # type: ignore[arg-type]
             stages["dpo"] = dpo.seconds
             if dpo.checkpoint is not None:
