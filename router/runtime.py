@@ -92,7 +92,7 @@ class StudentModel:
         import torch
 
         started = time.perf_counter()
-        table: list[str] = []
+        table: dict[str, str] = {}
         if self.codec is not None:
             messages, table = self.codec.encode(messages)
         enc = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,

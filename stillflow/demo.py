@@ -160,7 +160,7 @@ def _gate_settings() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - the trainer package ships with stillflow
         return {}
     s = TrainerSettings().trainer
-    return {"model_name": s.model_name, "gate_scope": getattr(s.gate, "scope", "all"),
+    return {"model_name": s.model_name, "gate_scope": s.gate.scope,
             "gate_quality_ratio_min": s.gate.quality_ratio_min,
             "gate_failure_rate_max": s.gate.failure_rate_max, "gate_min_eval_tasks": s.gate.min_eval_tasks}
 

@@ -89,6 +89,7 @@ class SlotCodec:
         table = dict(table or {})
         index = {v: tok for tok, v in table.items()}
         out: list[dict[str, Any]] = []
+        copy, copy_size = None, 0  # the copier of the table as it was; rebuilt only once the table grew
         for m in messages:
             m = dict(m)
             role = m.get("role")
@@ -96,7 +97,8 @@ class SlotCodec:
                 if isinstance(m.get("content"), str):
                     m["content"] = self._tag(m["content"], table, index)
             elif role == "assistant":
-                copy = self._copier(table)
+                if len(table) != copy_size:
+                    copy, copy_size = self._copier(table), len(table)
                 if copy is not None:
                     if isinstance(m.get("content"), str):
                         m["content"] = copy(m["content"])
@@ -128,8 +130,6 @@ class SlotCodec:
 
     @staticmethod
     def _copier(table: dict[str, str]) -> Any:
-        if not table:
-            return None
         index = {v: tok for tok, v in table.items()}
         values = sorted(index, key=len, reverse=True)
         rx = re.compile(_BEFORE + "(" + "|".join(re.escape(v) for v in values) + ")" + _AFTER)

@@ -127,7 +127,7 @@ class StudentRuntime:
         import torch
 
         t0 = time.perf_counter()
-        table: list[str] = []
+        table: dict[str, str] = {}
         if self.codec is not None:
             messages, table = self.codec.encode(messages)
         ids = self.encode(messages, tools)
@@ -418,6 +418,7 @@ def routed_summary(rows: Sequence[dict[str, Any]], threshold: float | None) -> d
     (student vs teacher on the same tasks); `system_quality_ratio` is the mixed system vs the teacher
     alone on all tasks. `threshold=None` (no calibrated threshold): nothing is routed."""
     n = len(rows)
+
     def to_student(r: dict[str, Any]) -> bool:
         return threshold is not None and (r.get("confidence") or 0.0) >= threshold
 
@@ -425,13 +426,15 @@ def routed_summary(rows: Sequence[dict[str, Any]], threshold: float | None) -> d
     out: dict[str, Any] = {"threshold": threshold, "tasks": n, "routed": len(routed),
                            "coverage": round(len(routed) / n, 4) if n else 0.0,
                            "quality_ratio": None, "failure_rate": None, "system_quality_ratio": None}
-    if routed:
-        out["failure_rate"] = round(sum(r["student_failed"] for r in routed) / len(routed), 4)
-        out["student_quality"] = _mean([r["student_quality"] for r in routed])
-    if routed and all("teacher_quality" in r for r in rows):
+    if not routed:
+        return out
+    sq = statistics.fmean(r["student_quality"] for r in routed)
+    out["failure_rate"] = round(sum(r["student_failed"] for r in routed) / len(routed), 4)
+    out["student_quality"] = round(sq, 4)
+    if all("teacher_quality" in r for r in rows):
         tq = statistics.fmean(r["teacher_quality"] for r in routed)
         out["teacher_quality"] = round(tq, 4)
-        out["quality_ratio"] = round(statistics.fmean(r["student_quality"] for r in routed) / tq, 4) if tq else None
+        out["quality_ratio"] = round(sq / tq, 4) if tq else None
         mixed = [r["student_quality"] if to_student(r) else r["teacher_quality"] for r in rows]
         t_all = statistics.fmean(r["teacher_quality"] for r in rows)
         out["system_quality_ratio"] = round(statistics.fmean(mixed) / t_all, 4) if t_all else None
