@@ -23,6 +23,14 @@ Values: e-mail addresses, absolute paths, dates (YYYY-MM-DD), ids (letters, a da
 `C-00519`, `Nova-34`) and numbers with at least two digits (`2020`, `1,130,000`, `98.36`); single
 digits are cheap to copy as they are. At most `n` slots per conversation; later values stay literal.
 
+Cells (`cells=True`, format version 2): in tool results, a short cell is a value as a whole, whatever it
+looks like: a field of a ` | `-separated row (database results), the value of a `key: value` line
+(`- Status: planning`), a short line (`Tara Tanaka`), a JSON string or single digit after a key
+(`"tier": "bronze"`). Short: at most 4 words and 40 characters, no sentence punctuation, no value of a
+known kind inside (`Daily report 2022-05-16` is text around a date). Answers mostly copy such a cell
+(`bronze`, `low`, `2`, `Anya Fischer`); without a slot the tiny student wrote a plausible other one
+(`silver`). Headers and headings are tagged too; the cost is a slot, never a wrong value.
+
 Pure Python (the router imports it without torch).
 """
 
@@ -48,10 +56,39 @@ _VALUE_RX = re.compile(
     r"|(?P<n>(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d{2,}|\d)(?:\.\d+)?(?![\w]))"  # number (filtered below)
 )
 KINDS = ("e", "p", "d", "i", "n")
-_SLOT_RX = re.compile(r"<([vepdin])(\d+)>")
+CELL_KIND = "w"  # typed slots: a cell that is no other kind of value (a word: `bronze`, `low`)
+_SLOT_RX = re.compile(r"<([vepdinw])(\d+)>")
+_CELL_MAX, _CELL_WORDS = 40, 4  # longer cells are text, not an answer to copy
+_CELL_SEP = " | "
+_NOT_CELL = re.compile(r"[()?!;]|\.(?:\s|$)")  # sentence punctuation: prose
+# `- Owner: Anya Fischer`, `orders shipped: 79`: a short key, then its value (a cell when short)
+_KEY_VALUE_RX = re.compile(r"^(\s*(?:[-*]\s+)?[A-Za-z][\w ./-]{0,30}?:\s+)(\S.*)$")
+# a JSON scalar after a key: a string, or a single digit (longer numbers are values anyway)
+_JSON_CELL_RX = re.compile(r'(?<=:)(\s*)(?:"([^"\\]{1,40})"|(-?\d(?:\.\d+)?))(?=\s*[,}\]])')
 # a copy inside an assistant turn: not glued to more of an identifier on either side
 _BEFORE = r"(?<![\w./@-])"
 _AFTER = r"(?![\w/@]|[.,-]\w)"
+
+
+def _cell_kind(value: str) -> str | None:
+    """The slot kind of a cell that is a value as a whole, None when it is prose (or a value of a known
+    kind that the ordinary tagging numbers: a cell `C-00660` is an id like any other)."""
+    if not value or len(value) > _CELL_MAX or len(value.split()) > _CELL_WORDS:
+        return None
+    known = _VALUE_RX.fullmatch(value)
+    if known is not None:
+        return None if _is_value(value) else known.lastgroup  # a single digit is a value in a cell
+    if any(_is_value(m.group(0)) for m in _VALUE_RX.finditer(value)) or _NOT_CELL.search(value):
+        return None  # text around a value (`Daily report 2022-05-16`), or a sentence
+    return CELL_KIND
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_value(text: str) -> bool:
@@ -64,20 +101,22 @@ class SlotCodec:
     `typed`: one numbering per kind of value (`<i0>` the first id, `<p0>` the first path, `<n0>` the first
     number, `<d0>`, `<e0>`), n of each; untyped: one numbering for all (`<v0>`, `<v1>`, ...)."""
 
-    def __init__(self, n: int = 32, *, typed: bool = False) -> None:
+    def __init__(self, n: int = 32, *, typed: bool = False, cells: bool = False) -> None:
         if not 1 <= n <= 1000:
             raise ValueError(f"slot count must be 1..1000, not {n}")
         self.n = n
         self.typed = typed
+        self.cells = cells
 
     @property
     def tokens(self) -> list[str]:
         """The slot tokens the tokenizer must hold, one id each."""
-        kinds = KINDS if self.typed else ("v",)
+        kinds = (*KINDS, CELL_KIND) if self.typed and self.cells else KINDS if self.typed else ("v",)
         return [f"<{kind}{k}>" for kind in kinds for k in range(self.n)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value_slots": self.n, "typed": self.typed, "version": 1}
+        # version 1 readers know no cells: a cell codec is version 2, so that they refuse it
+        return {"value_slots": self.n, "typed": self.typed, "cells": self.cells, "version": 2 if self.cells else 1}
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -95,7 +134,8 @@ class SlotCodec:
             role = m.get("role")
             if role in ("user", "tool"):
                 if isinstance(m.get("content"), str):
-                    m["content"] = self._tag(m["content"], table, index)
+                    cells = self.cells and role == "tool"
+                    m["content"] = (self._tag_cells if cells else self._tag)(m["content"], table, index)
             elif role == "assistant":
                 if len(table) != copy_size:
                     copy, copy_size = self._copier(table), len(table)
@@ -107,26 +147,80 @@ class SlotCodec:
             out.append(m)
         return out, table
 
-    def _tag(self, text: str, table: dict[str, str], index: dict[str, str]) -> str:
-        if "<" in text:  # a literal slot-like string in the input must not pass for a slot
-            text = _SLOT_RX.sub(lambda m: "< " + m.group(1) + m.group(2) + ">", text)
+    @staticmethod
+    def _defuse(text: str) -> str:
+        # a literal slot-like string in the input must not pass for a slot
+        return _SLOT_RX.sub(lambda m: "< " + m.group(1) + m.group(2) + ">", text) if "<" in text else text
+
+    def _slot(self, value: str, kind: str, table: dict[str, str], index: dict[str, str]) -> str | None:
+        """The slot token of `value` (a new one when it is new), None when the slots ran out."""
+        tok = index.get(value)
+        if tok is None:
+            kind = kind if self.typed else "v"
+            used = sum(1 for t in table if t[1] == kind) if self.typed else len(table)
+            if used >= self.n:
+                return None
+            tok = index[value] = f"<{kind}{used}>"
+            table[tok] = value
+        return tok
+
+    def _tag(self, text: str, table: dict[str, str], index: dict[str, str], *, defused: bool = False) -> str:
+        if not defused:
+            text = self._defuse(text)
 
         def one(m: re.Match[str]) -> str:
             value = m.group(0).rstrip(".-")
             rest = m.group(0)[len(value):]
             if not value or not _is_value(value):
                 return m.group(0)
-            tok = index.get(value)
-            if tok is None:
-                kind = m.lastgroup if self.typed else "v"
-                used = sum(1 for t in table if t[1] == kind) if self.typed else len(table)
-                if used >= self.n:
-                    return m.group(0)
-                tok = index[value] = f"<{kind}{used}>"
-                table[tok] = value
-            return f"{tok}{value}{rest}"
+            tok = self._slot(value, m.lastgroup or "v", table, index)
+            return m.group(0) if tok is None else f"{tok}{value}{rest}"
 
         return _VALUE_RX.sub(one, text)
+
+    def _cell(self, cell: str, table: dict[str, str], index: dict[str, str]) -> str:
+        """One field of a tool result: a short cell is a value as a whole (module docstring), anything
+        else is prose (its values of the known kinds are tagged)."""
+        value = cell.strip()
+        kind = _cell_kind(value)
+        tok = self._slot(value, kind, table, index) if kind else None
+        if tok is None:
+            return self._tag(cell, table, index, defused=True)
+        lead = cell[: len(cell) - len(cell.lstrip())]
+        return f"{lead}{tok}{value}{cell[len(lead) + len(value):]}"
+
+    def _tag_cells(self, text: str, table: dict[str, str], index: dict[str, str]) -> str:
+        """A tool result: cells (` | ` fields, the value of a `key: value` line, a short line, JSON
+        scalars after a key) are values; the rest is tagged as prose."""
+        text = self._defuse(text)
+        if text.lstrip()[:1] in ("{", "[") and _is_json(text):
+            return self._tag_json(text, table, index)
+        lines = []
+        for line in text.split("\n"):
+            fields = line.split(_CELL_SEP)
+            if len(fields) > 1:
+                lines.append(_CELL_SEP.join(self._cell(f, table, index) for f in fields))
+            elif (kv := _KEY_VALUE_RX.match(line)) is not None:
+                lines.append(self._tag(kv.group(1), table, index, defused=True) + self._cell(kv.group(2), table, index))
+            else:
+                lines.append(self._cell(line, table, index))
+        return "\n".join(lines)
+
+    def _tag_json(self, text: str, table: dict[str, str], index: dict[str, str]) -> str:
+        out, last = [], 0
+        for m in _JSON_CELL_RX.finditer(text):
+            out.append(self._tag(text[last:m.start()], table, index, defused=True))
+            value = m.group(2) if m.group(2) is not None else m.group(3)
+            kind = _cell_kind(value)
+            tok = self._slot(value, kind, table, index) if kind else None
+            if tok is None:  # prose, or a value of a known kind: the ordinary tagging
+                out.append(self._tag(m.group(0), table, index, defused=True))
+            else:
+                q = '"' if m.group(2) is not None else ""
+                out.append(f"{m.group(1)}{q}{tok}{value}{q}")
+            last = m.end()
+        out.append(self._tag(text[last:], table, index, defused=True))
+        return "".join(out)
 
     @staticmethod
     def _copier(table: dict[str, str]) -> Any:
@@ -187,6 +281,7 @@ def load_format(directory: str | Path) -> SlotCodec | None:
         n = int(spec["value_slots"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a stillflow format file ({exc})") from None
-    if spec.get("version") != 1:
-        raise ValueError(f"{path}: format version {spec.get('version')!r} is not supported (expected 1)")
-    return SlotCodec(n, typed=bool(spec.get("typed", False)))
+    version = spec.get("version")
+    if version not in (1, 2):
+        raise ValueError(f"{path}: format version {version!r} is not supported (expected 1 or 2)")
+    return SlotCodec(n, typed=bool(spec.get("typed", False)), cells=version == 2 and bool(spec.get("cells")))

@@ -147,3 +147,42 @@ def test_typed_format_round_trips(tmp_path) -> None:
     save_format(tmp_path, SlotCodec(8, typed=True))
     loaded = load_format(tmp_path)
     assert loaded.typed and loaded.n == 8
+
+
+def test_cells_of_tool_results_are_values_too() -> None:
+    """With cells, what an answer copies from a tool result gets a slot even when it is a word or one digit."""
+    codec = SlotCodec(16, cells=True)
+    conv = [{"role": "user", "content": "What loyalty tier is customer C-01087 on, and how many orders?"},
+            {"role": "tool", "content": "tier | orders\nbronze | 2\n(1 row)"},
+            {"role": "tool", "content": '{"city": "Oslo", "open": 3, "who": "Tara Tanaka", "note": "a note of more than four words", "id": "C-01087"}'},
+            {"role": "tool", "content": "[1] Title (/docs/a.md)\n    a snippet with 3 words\nSummary"},
+            {"role": "tool", "content": "# Project Aspen-62\nAspen-62 is an initiative.\n- Status: planning\n"
+                                        "- Budget: $3,430,000\n- Sponsor: customer C-00660"},
+            {"role": "assistant", "content": "C-01087 is bronze with 2 orders, in Oslo (3 open)."}]
+    messages, table = codec.encode(conv)
+    assert messages[1]["content"] == "<v1>tier | <v2>orders\n<v3>bronze | <v4>2\n(1 row)"
+    # JSON: short strings and single digits after a key; prose stays prose; a known value keeps its slot
+    assert messages[2]["content"] == ('{"city": "<v5>Oslo", "open": <v6>3, "who": "<v7>Tara Tanaka", '
+                                      '"note": "a note of more than four words", "id": "<v0>C-01087"}')
+    # a search result is not JSON because it starts with "["; a short line (a heading) is a cell
+    assert messages[3]["content"] == "[1] Title (<v8>/docs/a.md)\n    a snippet with 3 words\n<v9>Summary"
+    # `key: value` lines: the value is the cell; text around a value is prose
+    assert messages[4]["content"] == ("# Project <v10>Aspen-62\n<v10>Aspen-62 is an initiative.\n- Status: <v11>planning\n"
+                                      "- Budget: $<v12>3,430,000\n- Sponsor: customer <v13>C-00660")
+    assert messages[5]["content"] == "<v0> is <v3> with <v4> <v2>, in <v5> (<v6> open)."
+    assert codec.decode(messages[5]["content"], table) == conv[5]["content"]
+    # the user's message is never read as cells, and without cells nothing of this is tagged
+    assert SlotCodec(16).encode(conv)[0][1]["content"] == conv[1]["content"]
+
+
+def test_cell_slots_are_format_version_2_and_typed_cells_are_words(tmp_path) -> None:
+    save_format(tmp_path, SlotCodec(8, cells=True))
+    assert json.loads((tmp_path / FORMAT_FILE).read_text())["version"] == 2
+    assert load_format(tmp_path).cells
+    save_format(tmp_path, SlotCodec(8))  # a version-1 file (what earlier students have) reads without cells
+    assert json.loads((tmp_path / FORMAT_FILE).read_text())["version"] == 1
+    assert not load_format(tmp_path).cells
+    typed = SlotCodec(4, typed=True, cells=True)
+    assert "<w3>" in typed.tokens and "<w0>" not in SlotCodec(4, typed=True).tokens
+    _, table = typed.encode([{"role": "tool", "content": "status\nresolved\n(1 row)"}])
+    assert table == {"<w0>": "status", "<w1>": "resolved"}

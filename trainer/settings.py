@@ -75,6 +75,10 @@ class StudentSection(_Section):
     )
     # measured once (quick dims, 1 600 steps, 150 held-out tasks): typed 15% success vs untyped 22%
     typed_slots: bool = Field(default=False, description="one slot numbering per kind of value (<i0>, <p0>, <n0>...)")
+    slot_cells: bool = Field(
+        default=True,
+        description="value slots also for one-token cells of tool results (`bronze`, `2`): what answers copy",
+    )
     copy_warmup_steps: int = Field(
         default=800, ge=0,
         description="tiny students without value slots: at most this many associative-recall steps before SFT",

@@ -69,6 +69,7 @@ class Student:
             "vocab_size": len(self.tokenizer),
             "lora": self.lora,
             "value_slots": self.codec.n if self.codec else 0,
+            "slot_cells": bool(self.codec and self.codec.cells),
         }
 
 
@@ -103,7 +104,7 @@ def tiny_student(
     from trainer.tokenizer import train_tokenizer
 
     s = section or StudentSection()
-    codec = SlotCodec(s.value_slots, typed=s.typed_slots) if s.value_slots else None
+    codec = SlotCodec(s.value_slots, typed=s.typed_slots, cells=s.slot_cells) if s.value_slots else None
     if codec is not None:  # the tokenizer learns the text the model will read
         conversations = ({**c, "messages": codec.encode(c.get("messages") or [])[0]} for c in conversations)
     tokenizer = train_tokenizer(
