@@ -90,14 +90,18 @@ class _Output:
         self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                          auto_offset_reset="earliest")
         self.seen = 0
+        self.timeline: list[tuple[float, int]] = []  # (perf_counter, records seen) after each fetch
 
     async def wait_for(self, total: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.seen < total:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.seen} of {total} output records after {timeout}s")
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=5000)
-            self.seen += sum(len(v) for v in batch.values())
+            batch = await self.consumer.getmany(timeout_ms=20, max_records=5000)
+            n = sum(len(v) for v in batch.values())
+            if n:
+                self.seen += n
+                self.timeline.append((time.perf_counter(), self.seen))
 
 
 def _env(s: StillflowSettings) -> dict[str, str]:
@@ -117,8 +121,29 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+MARK_EVERY = 250  # the no-op's progress records: one per this many events
+
+
+def _round_shape(timeline: list[tuple[float, int]], t0: float, t_produced: float, t1: float, seen0: int,
+                 end: int, events_per_out: float) -> dict[str, float]:
+    """Where a round's time went: producing the backlog, the wait for the first output, and the rate between
+    10% and 90% of the round's output (the steady state, without start-up and tail)."""
+    pts = [(t, n - seen0) for t, n in timeline if t >= t0 and n > seen0]
+    total = end - seen0
+
+    def when(frac: float) -> float:
+        return next(t for t, n in pts if n >= frac * total)
+
+    t10, t90 = when(0.1), when(0.9)
+    n10 = next(n for t, n in pts if t == t10)
+    n90 = next(n for t, n in pts if t == t90)
+    steady = (n90 - n10) * events_per_out / (t90 - t10) if t90 > t10 else float("nan")
+    return {"produce_s": round(t_produced - t0, 3), "first_output_s": round(pts[0][0] - t0, 3),
+            "round_s": round(t1 - t0, 3), "steady_events_per_s": round(steady)}
+
+
 async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, log_dir: Path,
-                 cpu_us: list[float]) -> list[float]:
+                 cpu_us: list[float], shape: list[dict[str, float]]) -> list[float]:
     s = await _settings(bootstrap)
     env = _env(s)
     app_id = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
@@ -128,15 +153,21 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
         await ensure_named_topics(s, {done: (1, {})})
         ends = [sum(len(r) for r in rounds[: i + 1]) for i in range(len(rounds))]
         env.update(BENCH_ROUND_ENDS=",".join(map(str, ends)), BENCH_APP_ID=app_id, BENCH_WEB_PORT=str(port),
-                   BENCH_DONE_TOPIC=done, BENCH_DATA_DIR=str(log_dir / "noop-data"))
+                   BENCH_DONE_TOPIC=done, BENCH_DATA_DIR=str(log_dir / "noop-data"), BENCH_MARK_EVERY=str(MARK_EVERY))
         cmd = [sys.executable, "-m", "benchmarks.noop_app", "worker", "-l", "warn", "--web-port", str(port)]
-        out_topic, per_round_out = done, 1
+        out_topic = done
+        # one record per MARK_EVERY events and one at each round's end (what noop_app sends)
+        marks = sorted(set(range(MARK_EVERY, ends[-1] + 1, MARK_EVERY)) | set(ends))
+        out_ends = [sum(1 for m in marks if m <= e) for e in ends]
+        events_per_out = float(MARK_EVERY)
     else:
         env.update(STILLFLOW_STREAMS__APP_ID=app_id, STILLFLOW_STREAMS__SESSION_TIMEOUT_S="6",
                    STILLFLOW_STREAMS__STANDBY_REPLICAS="0", STILLFLOW_STREAMS__DATA_DIR=str(log_dir / "data"))
         loglevel = os.environ.get("BENCH_LOGLEVEL", "warning")
         cmd = [sys.executable, "-m", "stillflow.cli", "streams", "--web-port", str(port), "--loglevel", loglevel]
-        out_topic, per_round_out = s.topics.traces_scored, n_traces
+        out_topic = s.topics.traces_scored
+        out_ends = [(i + 1) * n_traces for i in range(len(rounds))]
+        events_per_out = len(rounds[0]) / n_traces
         if os.environ.get("BENCH_PROFILE"):  # cProfile the pipeline worker (written when it stops)
             cmd = [sys.executable, "-m", "cProfile", "-o", os.environ["BENCH_PROFILE"], *cmd[1:]]
         elif os.environ.get("BENCH_PYSPY"):  # sampling profile (collapsed stacks), for low-overhead attribution
@@ -150,10 +181,14 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
         await _wait_ready(port, proc)
         for i, records in enumerate(rounds):
             t0, c0 = time.perf_counter(), _cpu_seconds(proc.pid)
+            seen0 = out.seen
             await _produce(s, records)
-            await out.wait_for((i + 1) * per_round_out, timeout=600)
-            rates.append(len(records) / (time.perf_counter() - t0))
+            t_produced = time.perf_counter()
+            await out.wait_for(out_ends[i], timeout=600)
+            t1 = time.perf_counter()
+            rates.append(len(records) / (t1 - t0))
             cpu_us.append(1e6 * (_cpu_seconds(proc.pid) - c0) / len(records))
+            shape.append(_round_shape(out.timeline, t0, t_produced, t1, seen0, out_ends[i], events_per_out))
         if kind == "pipeline":  # keep the worker's own timings beside the logs
             import httpx
 
@@ -217,12 +252,14 @@ async def run(n_traces: int, n_rounds: int) -> dict:
         progress(f"raw aiokafka consumer: {[round(x) for x in raw]} events/s")
         noop_cpu: list[float] = []
         pipe_cpu: list[float] = []
-        noop = (await _faust(bootstrap, rounds, "noop", n_traces, log_dir, noop_cpu))[1:]
+        noop_shape: list[dict[str, float]] = []
+        pipe_shape: list[dict[str, float]] = []
+        noop = (await _faust(bootstrap, rounds, "noop", n_traces, log_dir, noop_cpu, noop_shape))[1:]
         progress(f"faust no-op agent:     {[round(x) for x in noop]} events/s, "
-                 f"{[round(x) for x in noop_cpu[1:]]} CPU µs/event")
-        pipe = (await _faust(bootstrap, rounds, "pipeline", n_traces, log_dir, pipe_cpu))[1:]
+                 f"{[round(x) for x in noop_cpu[1:]]} CPU µs/event, rounds {noop_shape[1:]}")
+        pipe = (await _faust(bootstrap, rounds, "pipeline", n_traces, log_dir, pipe_cpu, pipe_shape))[1:]
         progress(f"streams pipeline:      {[round(x) for x in pipe]} events/s, "
-                 f"{[round(x) for x in pipe_cpu[1:]]} CPU µs/event")
+                 f"{[round(x) for x in pipe_cpu[1:]]} CPU µs/event, rounds {pipe_shape[1:]}")
     pure = _pure_us_per_trace(n_traces)
     progress(f"score+gate+format+redact in process: {pure:.0f} µs/trace")
     raw_m, noop_m, pipe_m = statistics.median(raw), statistics.median(noop), statistics.median(pipe)
@@ -242,6 +279,12 @@ async def run(n_traces: int, n_rounds: int) -> dict:
         "noop_cpu_us_per_event": round(statistics.median(noop_cpu[1:]), 1),
         "pipeline_cpu_us_per_event": round(statistics.median(pipe_cpu[1:]), 1),
         "pipeline_pure_us_per_trace": round(pure, 1),
+        # the rounds' shape: time to the first output, and the rate between 10% and 90% of the output
+        # (the steady state, without start-up and tail); the ratio above is over whole rounds
+        "noop_rounds": noop_shape[1:],
+        "pipeline_rounds": pipe_shape[1:],
+        "ratio_steady": round(statistics.median(r["steady_events_per_s"] for r in pipe_shape[1:])
+                              / statistics.median(r["steady_events_per_s"] for r in noop_shape[1:]), 3),
         "target_ratio": 0.5,
         "meets_target": ratio >= 0.5,
     }

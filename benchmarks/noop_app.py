@@ -12,6 +12,7 @@ import faust
 
 # cumulative event counts at which a round ends ("6270,12544,...")
 ROUND_ENDS = {int(x) for x in os.environ["BENCH_ROUND_ENDS"].split(",")}
+MARK_EVERY = int(os.environ.get("BENCH_MARK_EVERY", "0"))  # progress records, for the round's shape
 app = faust.App(
     os.environ["BENCH_APP_ID"],
     datadir=os.environ["BENCH_DATA_DIR"],
@@ -34,7 +35,7 @@ async def noop(stream):
     global seen
     async for _value in stream:
         seen += 1
-        if seen in ROUND_ENDS:  # one record per round
+        if seen in ROUND_ENDS or (MARK_EVERY and seen % MARK_EVERY == 0):  # round ends and progress marks
             await done.send(key=b"done", value=str(seen).encode())
 
 
