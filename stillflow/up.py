@@ -55,6 +55,8 @@ def plan_services(args: argparse.Namespace, out: Path) -> list[Service]:
         trainer += ["--threshold", str(args.retrain_threshold)]
     if args.min_examples is not None:
         trainer += ["--min-examples", str(args.min_examples)]
+    if getattr(args, "sft_steps", None):
+        trainer += ["--sft-steps", str(args.sft_steps)]
     services.append(Service("trainer", trainer,
                             metrics_url=f"http://127.0.0.1:{args.trainer_metrics_port}/metrics"))
     teacher_url = args.teacher_url
@@ -72,6 +74,7 @@ def plan_services(args: argparse.Namespace, out: Path) -> list[Service]:
             "sim", "fleet", "--base-url", f"{router_url}/v1", "--report-to-router", "--rate", str(args.fleet_rate),
             "--duration", str(args.fleet_duration), "--agents", str(args.fleet_agents),
             "--task-pool", str(args.task_pool), "--progress-interval", "30",
+            *(["--families", args.fleet_families] if getattr(args, "fleet_families", None) else []),
         ]))
     return services
 
@@ -195,6 +198,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fleet-duration", type=float, default=86400.0, help="--sim: seconds of traffic")
     p.add_argument("--fleet-agents", type=int, default=8)
     p.add_argument("--task-pool", type=int, default=40, help="--sim: tasks the fleet draws from (they recur)")
+    p.add_argument("--fleet-families", default=None,
+                   help="--sim: the fleet's task families, comma-separated (default all): the agent's job")
+    p.add_argument("--sft-steps", type=int, default=None, help="the trainer's SFT steps (over its profile's)")
     p.add_argument("--app-id", default=None, help="streams consumer group / app id (default: settings)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds each service has to become ready")
     p.add_argument("--quiet", action="store_true", help="log to <out>/up.log only")

@@ -31,8 +31,9 @@ def test_quick_demo_plans_the_flywheel_through_the_router(tmp_path: Path) -> Non
     assert "--report-to-router" in fleet and f"http://127.0.0.1:{PORTS['router']}/v1" in fleet
     assert fleet[fleet.index("--task-pool") + 1] == "2000"  # varied training data
     assert float(fleet[fleet.index("--duration") + 1]) > budgets.max_s  # the demo, not the fleet, ends the run
+    assert fleet[fleet.index("--families") + 1] == "lookup,recovery"  # the default job: a narrow one
     trainer = by["trainer"]
-    assert "--quick" in trainer
+    assert "--quick" in trainer and trainer[trainer.index("--sft-steps") + 1] == "800"
     assert trainer[trainer.index("--threshold") + 1] == trainer[trainer.index("--min-examples") + 1] == "150"
     router = by["router"]
     assert router[router.index("--teacher-url") + 1] == f"http://127.0.0.1:{PORTS['teacher']}/v1"
@@ -45,9 +46,23 @@ def test_full_demo_budgets_and_overrides(tmp_path: Path) -> None:
                         tmp_path=tmp_path)
     assert budgets.student_phase_s == 7 and budgets.max_s == Budgets.full().max_s
     assert "--quick" not in by["trainer"]  # the trainer's settings come from STILLFLOW_TRAINER__...
+    assert "--sft-steps" not in by["trainer"]
     assert {"--threshold", "40", "--min-examples"} <= set(by["trainer"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--max-seconds", "0"])
+
+
+def test_the_job_and_the_training_budget_are_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    by, _ = _plan(tmp_path=tmp_path)  # full: the student gets twice the quick profile's steps
+    assert by["trainer"][by["trainer"].index("--sft-steps") + 1] == "1600"
+    by, _ = _plan("--families", "all", "--sft-steps", "300", tmp_path=tmp_path)
+    assert "--families" not in by["fleet"]  # all six families
+    assert by["trainer"][by["trainer"].index("--sft-steps") + 1] == "300"
+    by, _ = _plan("--families", " lookup, multi_hop ", tmp_path=tmp_path)
+    assert by["fleet"][by["fleet"].index("--families") + 1] == "lookup,multi_hop"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--families", "lookup,bogus"])
+    assert "unknown task family bogus; families: lookup," in capsys.readouterr().err
 
 
 def test_service_env_prices_the_teacher_and_keeps_settings_given_in_the_environment(
@@ -59,3 +74,17 @@ def test_service_env_prices_the_teacher_and_keeps_settings_given_in_the_environm
     assert env["STILLFLOW_SIM__PRICE_PER_1K_TOKENS"] == "0.02"  # the cost model's teacher price is the bill
     assert env["STILLFLOW_STREAMS__WINDOW_GRACE_S"] == "9"
     assert env["STILLFLOW_STREAMS__WINDOW_IDLE_CLOSE_S"] == "4"
+
+
+def test_the_gate_judges_what_the_router_would_serve_unless_told_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def scope(*argv: str) -> str:
+        args = build_parser().parse_args(["demo", *argv])
+        _defaults(args)
+        return _service_env("127.0.0.1:9092", tmp_path, args)["STILLFLOW_TRAINER__GATE__SCOPE"]
+
+    monkeypatch.delenv("STILLFLOW_TRAINER__GATE__SCOPE", raising=False)
+    assert scope() == "routed"
+    assert scope("--gate-scope", "all") == "all"
+    monkeypatch.setenv("STILLFLOW_TRAINER__GATE__SCOPE", "all")
+    assert scope() == "all"  # a setting given in the environment wins over the demo's default

@@ -148,3 +148,19 @@ def test_training_precision_follows_the_hardware_unless_forced(monkeypatch) -> N
     assert sft.training_device_args("cpu")["bf16"] is False  # a CPU without bf16: fp32
     assert sft.training_device_args("cpu", "bf16")["bf16"] is True
     assert sft.training_device_args("mps") == {"bf16": False, "fp16": False, "use_cpu": False}
+
+
+def test_sft_steps_apply_over_the_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.cli import _settings
+    from trainer.settings import TrainerSection
+
+    quick = TrainerSection().quick()
+    args = build_parser().parse_args(["train", "--from-jsonl", "x", "--quick", "--sft-steps", "1600"])
+    section = _settings(args).trainer
+    assert section.sft.max_steps == 1600
+    assert section.student.hidden_size == quick.student.hidden_size  # the rest of the quick profile stays
+    assert _settings(build_parser().parse_args(["train", "--from-jsonl", "x", "--quick"])).trainer.sft.max_steps == (
+        quick.sft.max_steps)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["trainer", "--sft-steps", "0"])
+    assert "must be > 0" in capsys.readouterr().err

@@ -40,8 +40,13 @@ def test_plan_with_sim_points_the_fleet_at_the_router(tmp_path: Path) -> None:
     assert by["router"][by["router"].index("--teacher-url") + 1] == "http://127.0.0.1:8101/v1"
     assert "--report-to-router" in by["fleet"] and "http://127.0.0.1:8201/v1" in by["fleet"]
     assert {"--quick", "--threshold", "50", "--min-examples", "20"} <= set(by["trainer"])
+    assert "--families" not in by["fleet"] and "--sft-steps" not in by["trainer"]
     for s in plan:
         build_parser().parse_args(s.args)
+    by = {s.name: s.args for s in plan_services(_args("--sim", "--fleet-families", "lookup", "--sft-steps", "64"),
+                                                tmp_path)}
+    assert by["fleet"][by["fleet"].index("--families") + 1] == "lookup"
+    assert by["trainer"][by["trainer"].index("--sft-steps") + 1] == "64"
 
 
 def test_up_without_a_teacher_says_what_to_do(tmp_path: Path) -> None:
