@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretokenize", default="phrases", choices=["words", "phrases"])
     ap.add_argument("--no-redact", action="store_true", help="keep emails in the data (the stream redacts them)")
     ap.add_argument("--dpo-ungated", action="store_true", help="also DPO the ungated student")
+    ap.add_argument("--families", default=None,
+                    help="sim task families, comma-separated (default all six; the demo's job: lookup,recovery)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="keep the students and reports here")
     args = ap.parse_args(argv)
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="stillflow-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     progress(f"generating data: {args.tasks} tasks × 2 teacher runs")
-    common = dict(n_tasks=args.tasks, runs_per_task=2, seed=args.seed, redact=not args.no_redact)
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    common = dict(n_tasks=args.tasks, runs_per_task=2, seed=args.seed, redact=not args.no_redact, families=families)
     gated_ex, pairs, counts = generate_sim_data(gated=True, **common)
     ungated_ex, _, _ = generate_sim_data(gated=False, **common)
     gated = split_data(from_events(gated_ex, pairs), 0.1)
@@ -179,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         "target_quality_ratio_0_90_reached": max(v["quality_ratio"] or 0 for v in results.values()) >= 0.90,
     }
     emit_result("trainer_quality", {
-        "config": {"tasks": args.tasks, "sft_steps": args.steps, "dpo_steps": args.dpo_steps,
-                   "warmup_steps": warm.steps, "augment_copies": args.augment, "value_slots": args.slots,
-                   "batch_size": args.batch,
+        "config": {"tasks": args.tasks, "families": families or "all", "sft_steps": args.steps,
+                   "dpo_steps": args.dpo_steps, "warmup_steps": warm.steps, "augment_copies": args.augment,
+                   "value_slots": args.slots, "batch_size": args.batch,
                    "eval_tasks": args.eval_tasks, "student": student_cfg.model_dump(), "lr": args.lr,
                    "redacted": not args.no_redact},
         "data": {"gated_train": len(gated.train_sft), "ungated_train": len(ungated.train_sft),
