@@ -45,8 +45,9 @@ class Budgets:
 
     @classmethod
     def full(cls) -> Budgets:
-        """Within 15 minutes on 2 cores: 14 min of demo."""
-        return cls(teacher_phase_s=420, student_phase_s=180, retrain_wait_s=240, final_phase_s=120, max_s=840)
+        """Within 15 minutes on 2 cores from a fresh clone: 11 min of demo, ~2 min 30 s for `make demo` to
+        install what it needs, the rest for starting, stopping and the report."""
+        return cls(teacher_phase_s=420, student_phase_s=150, retrain_wait_s=180, final_phase_s=100, max_s=660)
 
     def with_overrides(self, **values: float | None) -> Budgets:
         given = {k: float(v) for k, v in values.items() if v is not None}

@@ -77,6 +77,15 @@ def acceptance_checks(phases: list[dict[str, Any]], promoted: list[dict[str, Any
                          len(promoted) >= 1, f"promoted: {names}" if promoted else "no version was promoted"))
     teacher = next((p for p in phases if p["version"] is None), None)
     last = phases[-1] if phases else None
+    cut_short = ""
+    if last is not None and last["version"] is not None and not _judgeable(last, min_requests, min_episodes):
+        # A version that went live just before the demo's hard stop has a phase too short to judge: the
+        # student phase before it (with enough traffic) is judged instead, and the details say so.
+        earlier = [p for p in phases[:-1] if p["version"] is not None and _judgeable(p, min_requests, min_episodes)]
+        if earlier:
+            cut_short = (f" [{last['label']}'s phase had only {last['requests']} requests and {last['episodes']} "
+                         f"episodes before the demo stopped: {earlier[-1]['label']} is judged]")
+            last = earlier[-1]
     no_student = last is None or last["version"] is None
     why_none = "the last phase is teacher-only: no student went live"
 
@@ -136,7 +145,14 @@ def acceptance_checks(phases: list[dict[str, Any]], promoted: list[dict[str, Any
         ok, detail = value is not None and value < 1.0, cost_figures
     checks.append(_check("cost_per_task_down", "cost per task, last phase / teacher-only", "< 100%", value, ok,
                          detail))
+    if cut_short:
+        for check in checks[1:]:
+            check["detail"] += cut_short
     return checks
+
+
+def _judgeable(p: dict[str, Any], min_requests: int, min_episodes: int) -> bool:
+    return p["requests"] >= min_requests and p["episodes"] >= min_episodes
 
 
 # --------------------------------------------------------------------------- what happened

@@ -77,6 +77,19 @@ def test_too_few_requests_or_episodes_are_not_judged() -> None:
     assert "no baseline" in c["task_success_vs_teacher"]["detail"]
 
 
+def test_a_last_version_live_just_before_the_stop_leaves_the_student_phase_before_it_to_judge() -> None:
+    phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 400, 300, 100, 88, 0.004),
+              phase(2, "v0002", 6, 6, 1, 1, 0.001)]
+    c = by_name(acceptance_checks(phases, PROMOTED + [{"version": "v0002", "t_s": 200.0}]))
+    assert all(x["passed"] for x in c.values()), c
+    assert c["student_share_last_phase"]["value"] == 0.75  # v0001's phase
+    assert "student v0002's phase had only 6 requests and 1 episodes before the demo stopped: student v0001 is judged" in (
+        c["cost_per_task_down"]["detail"])
+    # with no student phase before it, the short one is judged, and fails as too short
+    c = by_name(acceptance_checks([phases[0], phases[2]], PROMOTED))
+    assert not c["student_share_last_phase"]["passed"] and "too few" in c["student_share_last_phase"]["detail"]
+
+
 def test_a_student_phase_the_student_served_nothing_of_proves_nothing_about_success_or_cost() -> None:
     # cheaper and as good, but only because the task mix differed: every answer was the teacher's
     phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 400, 0, 100, 92, 0.009)]
