@@ -31,6 +31,17 @@ class CLIError(Exception):
     """A user-facing failure: printed without a traceback, exit status 2."""
 
 
+def positive_int(value: str) -> int:
+    """argparse type: a whole number > 0, with a clear error otherwise."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
+    return n
+
+
 def _settings(args: argparse.Namespace) -> StillflowSettings:
     from stillflow.kafka import resolve_bootstrap, with_bootstrap
 

@@ -404,6 +404,8 @@ def _positive(value: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from stillflow.cli import positive_int  # stillflow.cli imports this module to register it
+
     p = sub.add_parser("demo", help="the whole flywheel through the router on the embedded defaults, with a report",
                        description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the short run (within 5 minutes on 2 cores; full: 15)")
@@ -430,7 +432,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "order and ticket lookups, with recovery from failing tools)")
     f.add_argument("--trainer-profile", choices=("quick", "settings"), default="quick",
                    help="quick: the trainer's --quick profile (CPU minutes); settings: STILLFLOW_TRAINER__... as set")
-    f.add_argument("--sft-steps", type=int, default=None,
+    f.add_argument("--sft-steps", type=positive_int, default=None,
                    help="SFT steps with the quick profile (quick 800, full 1600)")
     f.add_argument("--gate-scope", choices=("all", "routed"), default=None,
                    help="what the promotion gate judges: every held-out task, or those the router would send to "

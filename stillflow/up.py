@@ -180,6 +180,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from stillflow.cli import positive_int  # stillflow.cli imports this module to register it
+
     p = sub.add_parser("up", help="start every service on this machine (embedded broker unless one is set)",
                        description=__doc__.splitlines()[0])
     p.add_argument("--sim", action="store_true",
@@ -200,7 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task-pool", type=int, default=40, help="--sim: tasks the fleet draws from (they recur)")
     p.add_argument("--fleet-families", default=None,
                    help="--sim: the fleet's task families, comma-separated (default all): the agent's job")
-    p.add_argument("--sft-steps", type=int, default=None, help="the trainer's SFT steps (over its profile's)")
+    p.add_argument("--sft-steps", type=positive_int, default=None, help="the trainer's SFT steps (over its profile's)")
     p.add_argument("--app-id", default=None, help="streams consumer group / app id (default: settings)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds each service has to become ready")
     p.add_argument("--quiet", action="store_true", help="log to <out>/up.log only")

@@ -42,16 +42,6 @@ def _cli_error(msg: str) -> Exception:
         return _CLIError(msg)
 
 
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
-    return n
-
-
 def _families(value: str | None) -> list[str] | None:
     return [f.strip() for f in value.split(",") if f.strip()] if value else None
 
@@ -341,7 +331,9 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help="train this model (local path or cached id) instead of a tiny one")
     p.add_argument("--lora", action="store_true", help="LoRA adapters (peft) instead of full fine-tuning")
     p.add_argument("--no-dpo", action="store_true", help="SFT only")
-    p.add_argument("--sft-steps", type=_positive_int, default=None,
+    from stillflow.cli import positive_int
+
+    p.add_argument("--sft-steps", type=positive_int, default=None,
                    help="SFT steps (over the profile's; the student learns a narrow job in ~1600 on CPU)")
     p.add_argument("--holdout-families", default=None, help="task families held out whole, comma-separated")
     p.add_argument("--environment", default=None,
