@@ -83,7 +83,10 @@ class StreamsSection(_Section):
     session_timeout_s: float = Field(default=10.0, gt=0)
     standby_replicas: int = Field(default=1, ge=0)
     batch_max_events: int = Field(default=500, ge=1, description="events the assembler takes at once")
-    batch_within_s: float = Field(default=0.02, gt=0, description="longest wait to fill a batch")
+    # per-batch work (window hop, the window book, partial trace states) is amortised over the batch:
+    # 0.02 → 0.1 s cut the worker's CPU per event from ~228 to ~186 µs (ingest bench), for at most
+    # 80 ms more latency per trace; 0.25 s saved little more and doubled the time to first output
+    batch_within_s: float = Field(default=0.1, gt=0, description="longest wait to fill a batch")
     producer_max_batch_bytes: int = Field(default=1_048_576, gt=0, description="producer batch size")
     producer_linger_s: float = Field(
         default=0.005, ge=0, description="batch outputs and changelog writes for this long (fewer requests)"
