@@ -210,14 +210,8 @@ class SlotCodec:
         out, last = [], 0
         for m in _JSON_CELL_RX.finditer(text):
             out.append(self._tag(text[last:m.start()], table, index, defused=True))
-            value = m.group(2) if m.group(2) is not None else m.group(3)
-            kind = _cell_kind(value)
-            tok = self._slot(value, kind, table, index) if kind else None
-            if tok is None:  # prose, or a value of a known kind: the ordinary tagging
-                out.append(self._tag(m.group(0), table, index, defused=True))
-            else:
-                q = '"' if m.group(2) is not None else ""
-                out.append(f"{m.group(1)}{q}{tok}{value}{q}")
+            q = '"' if m.group(2) is not None else ""
+            out.append(f"{m.group(1)}{q}{self._cell(m.group(2) if q else m.group(3), table, index)}{q}")
             last = m.end()
         out.append(self._tag(text[last:], table, index, defused=True))
         return "".join(out)
