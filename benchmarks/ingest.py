@@ -131,12 +131,10 @@ def _round_shape(timeline: list[tuple[float, int]], t0: float, t_produced: float
     pts = [(t, n - seen0) for t, n in timeline if t >= t0 and n > seen0]
     total = end - seen0
 
-    def when(frac: float) -> float:
-        return next(t for t, n in pts if n >= frac * total)
+    def when(frac: float) -> tuple[float, int]:  # the first fetch at which `frac` of the output was in
+        return next((t, n) for t, n in pts if n >= frac * total)
 
-    t10, t90 = when(0.1), when(0.9)
-    n10 = next(n for t, n in pts if t == t10)
-    n90 = next(n for t, n in pts if t == t90)
+    (t10, n10), (t90, n90) = when(0.1), when(0.9)
     steady = (n90 - n10) * events_per_out / (t90 - t10) if t90 > t10 else float("nan")
     return {"produce_s": round(t_produced - t0, 3), "first_output_s": round(pts[0][0] - t0, 3),
             "round_s": round(t1 - t0, 3), "steady_events_per_s": round(steady)}

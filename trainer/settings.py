@@ -77,7 +77,8 @@ class StudentSection(_Section):
     typed_slots: bool = Field(default=False, description="one slot numbering per kind of value (<i0>, <p0>, <n0>...)")
     slot_cells: bool = Field(
         default=True,
-        description="value slots also for one-token cells of tool results (`bronze`, `2`): what answers copy",
+        description="value slots also for short cells of tool results (`bronze`, `2`, `Anya Fischer`): what "
+                    "answers copy (stillflow.slots)",
     )
     copy_warmup_steps: int = Field(
         default=800, ge=0,
