@@ -55,6 +55,8 @@ from streams.assembly import (
     incomplete_dead_letter,
     is_expired,
 )
+from streams.batching import take_batches
+from streams.consumer_tuning import bound_fetch_wait
 from streams.metrics import StreamsMetrics
 from streams.pairs import PairCandidate, mine_pairs
 from streams.pipeline import TracePipeline
@@ -214,6 +216,7 @@ class StreamsApp:
         app.agent(self.windows_topic, name=f"{s.app_id}.window")(self._window)
         app.timer(s.expiry_check_interval_s)(self._expiry_tick)
         app.timer(s.window_tick_interval_s)(self._window_tick)
+        bound_fetch_wait(app, s.fetch_max_wait_ms)
         registry = self.metrics.registry
 
         async def metrics_page(view: Any, request: Any) -> Any:  # faust binds page functions to a View
@@ -244,7 +247,7 @@ class StreamsApp:
         """Events come in small batches (acked after the batch): every trace touched by a batch is
         written to the table once, not once per event — the changelog write is the dominant cost."""
         s = self.settings.streams
-        async for events in stream.take_events(s.batch_max_events, within=s.batch_within_s):
+        async for events in take_batches(stream, s.batch_max_events, s.batch_within_s, s.batch_idle_s):
             t0 = time.perf_counter()
             touched: dict[str, AssemblyState] = {}
             items: list[_WindowItem] = []

@@ -87,6 +87,15 @@ class StreamsSection(_Section):
     # 0.02 → 0.1 s cut the worker's CPU per event from ~228 to ~186 µs (ingest bench), for at most
     # 80 ms more latency per trace; 0.25 s saved little more and doubled the time to first output
     batch_within_s: float = Field(default=0.1, gt=0, description="longest wait to fill a batch")
+    # a backlog's last batch (and each trace in quiet traffic) would otherwise wait all of batch_within_s
+    batch_idle_s: float = Field(
+        default=0.01, gt=0, description="end a batch once no event came for this long (the input paused)"
+    )
+    # faust's consumer waits up to 1.5 s per fetch (not a faust setting): a busy worker stalled behind
+    # fetches of idle partitions (streams.consumer_tuning)
+    fetch_max_wait_ms: int = Field(
+        default=100, ge=0, le=1500, description="longest a fetch request waits at the broker"
+    )
     producer_max_batch_bytes: int = Field(default=1_048_576, gt=0, description="producer batch size")
     producer_linger_s: float = Field(
         default=0.005, ge=0, description="batch outputs and changelog writes for this long (fewer requests)"
