@@ -13,9 +13,12 @@ from typing import Any
 
 from stillflow.contracts import AgentTrace
 
+_embedded_pid: int | None = None
+
 
 @contextlib.contextmanager
 def bench_broker() -> Iterator[str]:
+    global _embedded_pid
     external = os.environ.get("STILLFLOW_KAFKA__BOOTSTRAP_SERVERS")
     if external:
         yield external
@@ -23,7 +26,17 @@ def bench_broker() -> Iterator[str]:
     from stillflow.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
-        yield broker.bootstrap_servers
+        _embedded_pid = broker.proc.pid if broker.proc else None
+        try:
+            yield broker.bootstrap_servers
+        finally:
+            _embedded_pid = None
+
+
+def broker_pid() -> int | None:
+    """The embedded broker's process while `bench_broker` runs one (None for an external broker): benches
+    report its CPU, since on a small machine the broker competes with the worker for the same cores."""
+    return _embedded_pid
 
 
 def trace_records(traces: Iterable[AgentTrace]) -> list[tuple[str, bytes, bytes, int]]:

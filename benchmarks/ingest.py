@@ -28,12 +28,13 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from benchmarks.common import bench_broker, emit_result, progress, trace_records
+from benchmarks.common import bench_broker, broker_pid, emit_result, progress, trace_records
 from sim.policies import make_policy
 from sim.runner import iter_offline
 from stillflow.broker import die_with_parent, free_port
 from stillflow.kafka import ensure_named_topics, ensure_topics, make_producer, with_bootstrap
 from stillflow.settings import StillflowSettings, TopicNames
+from streams.settings import StreamsSettings
 
 
 def _records(n_traces: int, seed: int) -> list[tuple[str, bytes, bytes, int]]:
@@ -63,6 +64,7 @@ async def _raw(bootstrap: str, rounds: list[list]) -> list[float]:
     s = await _settings(bootstrap)
     consumer = AIOKafkaConsumer(s.topics.trace_steps, s.topics.trace_outcomes, bootstrap_servers=bootstrap,
                                 group_id=f"raw-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
+                                fetch_max_wait_ms=OBSERVER_FETCH_WAIT_MS,
                                 session_timeout_ms=6000, heartbeat_interval_ms=1000)
     await consumer.start()
     rates = []
@@ -87,8 +89,10 @@ class _Output:
     """Counts records of an output topic as they come (one consumer for all rounds)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
+        # a short fetch wait: a parked fetch must not delay seeing a round's last record (the broker may
+        # answer it only at its timeout), or every round ends on that timeout's grid
         self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                         auto_offset_reset="earliest")
+                                         auto_offset_reset="earliest", fetch_max_wait_ms=OBSERVER_FETCH_WAIT_MS)
         self.seen = 0
         self.timeline: list[tuple[float, int]] = []  # (perf_counter, records seen) after each fetch
 
@@ -121,6 +125,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# both faust apps cap their fetch waits alike (the streams worker's setting): see streams.consumer_tuning
+FETCH_MAX_WAIT_MS = StreamsSettings().streams.fetch_max_wait_ms
+OBSERVER_FETCH_WAIT_MS = 10  # the bench's own consumers (raw and output observer)
 MARK_EVERY = 250  # the no-op's progress records: one per this many events
 
 
@@ -150,6 +157,7 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
         done = f"{app_id}-done"
         await ensure_named_topics(s, {done: (1, {})})
         ends = [sum(len(r) for r in rounds[: i + 1]) for i in range(len(rounds))]
+        env.update(BENCH_FETCH_MAX_WAIT_MS=str(FETCH_MAX_WAIT_MS))
         env.update(BENCH_ROUND_ENDS=",".join(map(str, ends)), BENCH_APP_ID=app_id, BENCH_WEB_PORT=str(port),
                    BENCH_DONE_TOPIC=done, BENCH_DATA_DIR=str(log_dir / "noop-data"), BENCH_MARK_EVERY=str(MARK_EVERY))
         cmd = [sys.executable, "-m", "benchmarks.noop_app", "worker", "-l", "warn", "--web-port", str(port)]
@@ -160,7 +168,8 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
         events_per_out = float(MARK_EVERY)
     else:
         env.update(STILLFLOW_STREAMS__APP_ID=app_id, STILLFLOW_STREAMS__SESSION_TIMEOUT_S="6",
-                   STILLFLOW_STREAMS__STANDBY_REPLICAS="0", STILLFLOW_STREAMS__DATA_DIR=str(log_dir / "data"))
+                   STILLFLOW_STREAMS__STANDBY_REPLICAS="0", STILLFLOW_STREAMS__DATA_DIR=str(log_dir / "data"),
+                   STILLFLOW_STREAMS__FETCH_MAX_WAIT_MS=str(FETCH_MAX_WAIT_MS))
         loglevel = os.environ.get("BENCH_LOGLEVEL", "warning")
         cmd = [sys.executable, "-m", "stillflow.cli", "streams", "--web-port", str(port), "--loglevel", loglevel]
         out_topic = s.topics.traces_scored
@@ -177,8 +186,10 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
     rates = []
     try:
         await _wait_ready(port, proc)
+        bpid = broker_pid()
         for i, records in enumerate(rounds):
             t0, c0 = time.perf_counter(), _cpu_seconds(proc.pid)
+            b0 = _cpu_seconds(bpid) if bpid else float("nan")
             seen0 = out.seen
             await _produce(s, records)
             t_produced = time.perf_counter()
@@ -187,6 +198,9 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
             rates.append(len(records) / (t1 - t0))
             cpu_us.append(1e6 * (_cpu_seconds(proc.pid) - c0) / len(records))
             shape.append(_round_shape(out.timeline, t0, t_produced, t1, seen0, out_ends[i], events_per_out))
+            # the broker shares the cores: what the worker's writes cost it (input production included)
+            shape[-1]["broker_cpu_us_per_event"] = round(
+                1e6 * ((_cpu_seconds(bpid) if bpid else float("nan")) - b0) / len(records), 1)
         if kind == "pipeline":  # keep the worker's own timings beside the logs
             import httpx
 
@@ -224,7 +238,6 @@ async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float =
 def _pure_us_per_trace(n_traces: int) -> float:
     """score + gate + format + redact of one trace, in this process (no faust, no broker): best of 3."""
     from streams.pipeline import TracePipeline
-    from streams.settings import StreamsSettings
 
     start = datetime.now(UTC) - timedelta(minutes=5)
     traces = list(iter_offline(n_traces, make_policy("teacher"), seed=1, start=start, rate=50.0))
@@ -283,6 +296,7 @@ async def run(n_traces: int, n_rounds: int) -> dict:
         "pipeline_rounds": pipe_shape[1:],
         "ratio_steady": round(statistics.median(r["steady_events_per_s"] for r in pipe_shape[1:])
                               / statistics.median(r["steady_events_per_s"] for r in noop_shape[1:]), 3),
+        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,  # both faust apps
         "target_ratio": 0.5,
         "meets_target": ratio >= 0.5,
     }

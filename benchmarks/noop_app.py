@@ -1,7 +1,8 @@
 """A faust app that does nothing per event: the ceiling the streams pipeline is compared with.
 
 Consumes the trace topics named in the environment and, at the end of each round (BENCH_ROUND_ENDS,
-cumulative event counts), sends one record to BENCH_DONE_TOPIC. Run as `python -m benchmarks.noop_app worker`.
+cumulative event counts), sends one record to BENCH_DONE_TOPIC. Its consumer gets the streams worker's cap on
+fetch waits. Run as `python -m benchmarks.noop_app worker`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ app = faust.App(
     broker_heartbeat_interval=1.0,
     consumer_auto_offset_reset="earliest",
 )
+# the same cap on fetch waits as the streams worker (BENCH_FETCH_MAX_WAIT_MS): the two differ only in their work
+if os.environ.get("BENCH_FETCH_MAX_WAIT_MS"):
+    from streams.consumer_tuning import bound_fetch_wait
+
+    bound_fetch_wait(app, int(os.environ["BENCH_FETCH_MAX_WAIT_MS"]))
 _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 source = app.topic(os.environ["STILLFLOW_TOPICS__TRACE_STEPS"], os.environ["STILLFLOW_TOPICS__TRACE_OUTCOMES"], **_RAW)
 done = app.topic(os.environ["BENCH_DONE_TOPIC"], **_RAW)
