@@ -34,11 +34,9 @@ from typing import Any
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 
 from stillflow.contracts import (
     AgentTrace,
-    ContractError,
     DeadLetter,
     OffsetRange,
     TraceOutcomeEvent,
@@ -46,7 +44,6 @@ from stillflow.contracts import (
     encode,
 )
 from stillflow.dlq import decode_or_letter, encode_letter, make_dead_letter
-from stillflow.quality.scoring import next_reference
 from streams.assembly import (
     AssemblyError,
     AssemblyState,
@@ -57,9 +54,11 @@ from streams.assembly import (
 )
 from streams.batching import take_batches
 from streams.consumer_tuning import bound_fetch_wait
+from streams.judge import LLMJudge
 from streams.metrics import StreamsMetrics
 from streams.pairs import PairCandidate, mine_pairs
 from streams.pipeline import TracePipeline
+from streams.score_stage import DIMENSIONS, Scored, WindowBatch, WindowItem, score_trace
 from streams.settings import StreamsSettings
 from streams.table_codec import TABLE_CODEC
 from streams.tables import as_model
@@ -71,14 +70,12 @@ from streams.windows import (
     merge_candidate,
     to_closed_event,
     window_key,
-    window_start_for,
 )
 
 __all__ = ["StreamsApp", "create_app"]
 
 log = logging.getLogger(__name__)
 SERVICE = "streams"
-_DIMENSIONS = ("correctness", "efficiency", "tool_selection", "safety", "reasoning_quality", "overall")
 _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
@@ -96,26 +93,6 @@ def _codecs(table: Any) -> Any:
 
 def _ts(dt: datetime) -> float:
     return dt.timestamp()
-
-
-class _WindowItem(BaseModel):
-    """What the assembling agent tells the window agent about one scored trace. Private to this app
-    (its internal topic), not a contract between services."""
-
-    event_time: datetime  # the trace's, which is also its SFT example's
-    passed: bool
-    example_id: str | None = None
-    # The SFT example as encoded for its topic: the window agent forwards the bytes without parsing them
-    # again, and reads the messages back only to keep a pair candidate (which then comes without them).
-    example_json: str | None = None
-    candidate: PairCandidate
-
-
-class _WindowBatch(BaseModel):
-    """The window items of one assembler batch, in one record: one send, one window-agent event and one
-    book write per batch instead of per trace (a hop through faust costs about a no-op event)."""
-
-    items: list[_WindowItem]
 
 
 BOOK_KEY = "__book__"
@@ -151,6 +128,7 @@ class StreamsApp:
         s = settings.streams
         self.metrics = metrics or StreamsMetrics()
         self.pipeline = TracePipeline.from_settings(settings)
+        self.judge = LLMJudge.from_settings(s.judge) if s.judge.enabled else None
         self.partitions = partitions
         names = settings.internal_topics()
         kafka = settings.kafka
@@ -217,12 +195,18 @@ class StreamsApp:
         app.timer(s.expiry_check_interval_s)(self._expiry_tick)
         app.timer(s.window_tick_interval_s)(self._window_tick)
         bound_fetch_wait(app, s.fetch_max_wait_ms)
+        app.on_before_shutdown.connect(self._on_shutdown)
         registry = self.metrics.registry
 
         async def metrics_page(view: Any, request: Any) -> Any:  # faust binds page functions to a View
             return view.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
         app.page("/metrics")(metrics_page)
+
+    async def _on_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
+        if self.judge is not None:
+            await self.judge.aclose()
+            self.judge.close()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -245,26 +229,29 @@ class StreamsApp:
 
     async def _assemble(self, stream: Any) -> None:
         """Events come in small batches (acked after the batch): every trace touched by a batch is
-        written to the table once, not once per event — the changelog write is the dominant cost."""
+        written to the table once, not once per event — the changelog write is the dominant cost.
+        The traces the batch completed are scored after its events are assembled (with the LLM judge,
+        their judge requests run concurrently)."""
         s = self.settings.streams
         async for events in take_batches(stream, s.batch_max_events, s.batch_within_s, s.batch_idle_s):
             t0 = time.perf_counter()
             touched: dict[str, AssemblyState] = {}
-            items: list[_WindowItem] = []
+            completed: list[AgentTrace] = []
             for event in events:
-                await self._assemble_one(event, touched, items)
+                await self._assemble_one(event, touched, completed)
+            items = await self._score_all(completed)
             for key, state in touched.items():
                 self.assembly[key] = state  # use_partitioner: the changelog partition follows the key
             await self._send_window_items(items)
             self.metrics.processing_seconds.labels("assemble_batch").observe(time.perf_counter() - t0)
 
-    async def _send_window_items(self, items: list[_WindowItem]) -> None:
-        """One record per batch, split so that a record stays well under the producer's request size."""
+    async def _send_window_items(self, items: list[str]) -> None:
+        """One record per batch (the items are JSON already), split so that a record stays well under the
+        producer's request size."""
         limit = max(64 * 1024, self.settings.streams.producer_max_batch_bytes // 2)
         chunk: list[str] = []
         size = 0
-        for item in items:
-            raw = item.model_dump_json()
+        for raw in items:
             if chunk and size + len(raw) > limit:
                 await self._send_window_chunk(chunk)
                 chunk, size = [], 0
@@ -277,7 +264,7 @@ class StreamsApp:
         value = ('{"items":[' + ",".join(raws) + "]}").encode()  # each item is already JSON
         await self._produce(self.windows_name, b"w", value)  # one partition: batches keep their order
 
-    async def _assemble_one(self, event: Any, touched: dict[str, AssemblyState], items: list[_WindowItem]) -> None:
+    async def _assemble_one(self, event: Any, touched: dict[str, AssemblyState], completed: list[AgentTrace]) -> None:
         s = self.settings.streams
         m = self.metrics
         msg = event.message
@@ -329,11 +316,7 @@ class StreamsApp:
         touched[key] = res.state
         if res.trace is not None:
             m.traces_completed.inc()
-            t1 = time.perf_counter()
-            item = await self._score(res.trace)
-            if item is not None:
-                items.append(item)
-            m.processing_seconds.labels("score").observe(time.perf_counter() - t1)
+            completed.append(res.trace)
 
     async def _expire(self, trace_id: str) -> None:
         self._expiring.discard(trace_id)
@@ -365,50 +348,64 @@ class StreamsApp:
 
     # -- 2. scoring -----------------------------------------------------------------------------
 
-    async def _score(self, trace: AgentTrace) -> _WindowItem | None:
-        """Score, gate, format and redact a whole trace; publish the verdict and return the window item
-        (None when the trace went to the DLQ)."""
-        s = self.settings.streams
+    async def _score_all(self, traces: list[AgentTrace]) -> list[str]:
+        """Score the batch's completed traces in order and publish each; returns their window items (JSON)."""
+        reasoning = await self._judge_all(traces) if self.judge is not None and traces else None
+        window_size = self.settings.streams.window_size_s
+        items: list[str] = []
+        for i, trace in enumerate(traces):
+            sc = score_trace(self.pipeline, trace, reference_steps=self.references.get(trace.task_id),
+                             reasoning_quality=reasoning[i] if reasoning else None, window_size_s=window_size)
+            item = await self._publish_scored(sc)
+            if item is not None:
+                items.append(item)
+        return items
+
+    async def _judge_all(self, traces: list[AgentTrace]) -> list[float]:
+        """The LLM judge's reasoning scores, `judge.max_concurrency` requests at a time (each falls back to
+        the heuristic when the endpoint fails)."""
+        assert self.judge is not None
+        judge = self.judge
+        limit = asyncio.Semaphore(self.settings.streams.judge.max_concurrency)
+
+        async def one(trace: AgentTrace) -> float:
+            async with limit:
+                return await judge.ascore(trace)
+
+        t0 = time.perf_counter()
+        calls, errors = judge.n_calls, judge.n_errors
+        scores = await asyncio.gather(*(one(t) for t in traces))
+        self.metrics.judge_calls.labels("ok").inc(judge.n_calls - calls - (judge.n_errors - errors))
+        self.metrics.judge_calls.labels("fallback").inc(judge.n_errors - errors)
+        self.metrics.processing_seconds.labels("judge").observe(time.perf_counter() - t0)
+        return list(scores)
+
+    async def _publish_scored(self, sc: Scored) -> str | None:
+        """Metrics, the reference, dead letters and the ScoredTrace of one scored trace; returns its window
+        item (None when the trace went to the DLQ)."""
         m = self.metrics
-        ref = self.references.get(trace.task_id)
-        wstart = window_start_for(trace.timestamp, s.window_size_s)
-        p = self.pipeline.process(trace, reference_steps=ref, window_start=wstart)
-        new_ref = next_reference(ref, trace, correct=p.assessment.correct)
-        if new_ref != ref:
-            self.references[trace.task_id] = new_ref
-        score = p.scored.score
-        for dim in _DIMENSIONS:
-            m.score.labels(dim).observe(getattr(score, dim))
-        m.traces_scored.labels("passed" if p.verdict.passed else "rejected").inc()
-        for gate in p.verdict.rejected_by:
+        for dim, value in zip(DIMENSIONS, sc.dims, strict=True):
+            m.score.labels(dim).observe(value)
+        m.traces_scored.labels("passed" if sc.passed else "rejected").inc()
+        for gate in sc.rejected_by:
             m.gate_rejections.labels(gate).inc()
-        for kind, n in p.redactions.items():
+        for kind, n in sc.redactions.items():
             m.pii_redactions.labels(kind).inc(n)
-        try:
-            scored = encode(p.scored)
-        except ContractError as exc:  # a trace near the size limit plus its score can pass it
+        m.processing_seconds.labels("score").observe(sc.seconds)
+        if sc.reference is not None:
+            current = self.references.get(sc.task_id)
+            if current is None or sc.reference < current:  # only ever goes down
+                self.references[sc.task_id] = sc.reference
+        for kind, reason in sc.errors:
             await self._dead_letter(make_dead_letter(
-                None, source_topic=self.outcomes_name, key=trace.trace_id.encode(), kind=exc.kind,
-                reason=f"scored trace {trace.trace_id}: {exc.message}", service=SERVICE,
+                None, source_topic=self.outcomes_name, key=sc.trace_id.encode(), kind=kind, reason=reason,
+                service=SERVICE,
             ))
+        if sc.scored_json is None:
             return None
-        await self._produce(self.settings.topics.traces_scored, trace.task_id.encode(), scored, _ts(trace.timestamp))
-        example_json: str | None = None
-        cand = p.candidate
-        if p.example is not None:
-            try:
-                example_json = encode(p.example).decode()
-            except ContractError as exc:  # the redacted conversation alone over the size limit
-                await self._dead_letter(make_dead_letter(
-                    None, source_topic=self.outcomes_name, key=trace.trace_id.encode(), kind=exc.kind,
-                    reason=f"SFT example of {trace.trace_id}: {exc.message}", service=SERVICE,
-                ))
-            else:
-                cand = cand.model_copy(update={"messages": None})
-        m.trace_latency.observe(max(0.0, time.time() - trace.timestamp.timestamp()))
-        return _WindowItem(event_time=trace.timestamp, passed=p.verdict.passed, candidate=cand,
-                           example_id=p.example.example_id if example_json is not None else None,
-                           example_json=example_json)
+        await self._produce(self.settings.topics.traces_scored, sc.task_id.encode(), sc.scored_json, sc.timestamp)
+        m.trace_latency.observe(max(0.0, time.time() - sc.timestamp))
+        return sc.item_json
 
     # -- 2. windows -----------------------------------------------------------------------------
 
@@ -428,7 +425,7 @@ class StreamsApp:
                 await self._idle_close()
                 continue
             try:
-                batch = _WindowBatch.model_validate_json(event.value)
+                batch = WindowBatch.model_validate_json(event.value)
             except ValueError as exc:
                 await self._dead_letter(make_dead_letter(
                     event.value, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
@@ -442,7 +439,7 @@ class StreamsApp:
             self._flush_window_work(work)
             self.metrics.processing_seconds.labels("window").observe(time.perf_counter() - t0)
 
-    async def _window_item(self, work: _WindowWork, item: _WindowItem) -> None:
+    async def _window_item(self, work: _WindowWork, item: WindowItem) -> None:
         """Count one scored trace: book, pair candidate, SFT example; close what the watermark passed."""
         s = self.settings.streams
         m = self.metrics

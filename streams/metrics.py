@@ -70,6 +70,10 @@ class StreamsMetrics:
             "stillflow_streams_trace_latency_seconds", "Trace event time to scored (end to end)",
             buckets=_E2E_BUCKETS, registry=r,
         )
+        self.judge_calls = Counter(
+            "stillflow_streams_judge_calls_total",
+            "LLM judge requests, by result (fallback: the heuristic scored it)", ["result"], registry=r,
+        )
         self.assembly_open = Gauge(
             "stillflow_streams_assembly_open_traces", "Traces being assembled on this worker", registry=r
         )

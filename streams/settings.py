@@ -39,6 +39,7 @@ class JudgeSettings(_Section):
     timeout_s: float = Field(default=30.0, gt=0)
     max_trace_chars: int = Field(default=12_000, gt=0, description="the rendered trace is cut to this size")
     cache_size: int = Field(default=1024, ge=0, description="scores kept per trace_id (redelivery)")
+    max_concurrency: int = Field(default=8, gt=0, description="judge requests in flight at once")
 
 
 class StreamsSection(_Section):
