@@ -293,8 +293,17 @@ class TraceOutcomeEvent(Event):
         )
 
     def to_trace(self, steps: list[TraceStep]) -> AgentTrace:
-        data = self.model_dump(exclude={"event_id", "schema_version", "n_steps", "steps"})
-        return AgentTrace(**data, steps=steps)
+        """The whole trace. Built without validating again: every field comes from this event, which was
+        validated under the same constraints, and `steps` are validated steps (the assembler calls this
+        once per trace; validating took ~25 µs of the ~35 µs a trace's assembly costs)."""
+        data = {name: getattr(self, name) for name in _TRACE_FIELDS}
+        return AgentTrace.model_construct(**data, tools=list(self.tools), metadata=dict(self.metadata),
+                                          steps=list(steps))
+
+
+# what an outcome hands on to its trace (tools and metadata are copied, steps come from the assembler)
+_TRACE_FIELDS = tuple(sorted(set(AgentTrace.model_fields) & set(TraceOutcomeEvent.model_fields)
+                             - {"tools", "metadata", "steps"}))
 
 
 class TrajectoryScore(_Model):

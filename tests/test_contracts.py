@@ -51,7 +51,14 @@ def test_outcome_rebuilds_the_trace() -> None:
     trace = make_trace(5, 9)
     outcome = c.TraceOutcomeEvent.from_trace(trace)
     assert outcome.n_steps == 9 and outcome.steps is None
-    assert outcome.to_trace(trace.steps) == trace
+    rebuilt = outcome.to_trace(trace.steps)
+    assert rebuilt == trace
+    # built without validating again: the same as validating the outcome's fields as a trace
+    validated = c.AgentTrace(**outcome.model_dump(exclude={"event_id", "schema_version", "n_steps", "steps"}),
+                             steps=trace.steps)
+    assert rebuilt == validated and rebuilt.model_fields_set == validated.model_fields_set
+    assert encode(rebuilt) == encode(validated) and decode(encode(rebuilt), c.AgentTrace) == rebuilt
+    assert rebuilt.tools is not outcome.tools and rebuilt.metadata is not outcome.metadata
     with pytest.raises(ValidationError, match="n_steps is 3 but 9 steps"):
         c.TraceOutcomeEvent(**{**outcome.model_dump(), "n_steps": 3, "steps": trace.steps})
 
