@@ -4,11 +4,14 @@ Two agents, each over a topic keyed the way its tables are keyed (faust writes a
 the partition of the record being processed, so a table must be keyed like its source):
 
 1. `assemble` — trace steps + outcomes (+ the internal expiry topic), keyed by trace_id; table
-   `assembly` (trace_id → state). When a trace is whole it is scored, gated, formatted and redacted
-   right there (`TracePipeline`), the ScoredTrace is published, and a small window item goes to
-   `<app>-windows`. Table `references` (task_id → fewest steps of a correct trace) is a cache of a
-   soft signal: its changelog is partitioned by task_id while traces arrive by trace_id, so after a
-   rebalance a worker may start a task from the seed's step ladder again; its values only go down.
+   `assembly` (trace_id → state). Events come in batches; the traces a batch completes are scored,
+   gated, formatted and redacted by the scoring stage (`streams.score_stage`: a child process beside
+   the event loop by default) while the next batch is assembled; then the batch is finished: its
+   ScoredTraces and one window record (items + SFT examples) for `<app>-windows` are published, and
+   once the broker has them, its states are written and its events acked. Table `references`
+   (task_id → fewest steps of a correct trace) is a cache of a soft signal: its changelog is
+   partitioned by task_id while traces arrive by trace_id, so after a rebalance a worker may start a
+   task from the seed's step ladder again; its values only go down.
    Both tables use faust's `use_partitioner` (changelog partition = hash of the key), which lets the
    assembler write once per batch instead of once per event. A timer finds idle traces
    and asks, through the expiry topic, for them to be expired (a table may only change while a record
@@ -57,8 +60,15 @@ from streams.consumer_tuning import bound_fetch_wait
 from streams.judge import LLMJudge
 from streams.metrics import StreamsMetrics
 from streams.pairs import PairCandidate, mine_pairs
-from streams.pipeline import TracePipeline
-from streams.score_stage import DIMENSIONS, Scored, WindowBatch, WindowItem, score_trace
+from streams.score_stage import (
+    DIMENSIONS,
+    Job,
+    Scored,
+    WindowItem,
+    decode_window_record,
+    encode_window_record,
+    make_stage,
+)
 from streams.settings import StreamsSettings
 from streams.table_codec import TABLE_CODEC
 from streams.tables import as_model
@@ -95,6 +105,15 @@ def _ts(dt: datetime) -> float:
     return dt.timestamp()
 
 
+@dataclass
+class _HeldBatch:
+    """An assembled batch whose traces are being scored: finished (published, written, acked) later."""
+
+    events: list[Any]
+    touched: dict[str, AssemblyState]
+    scoring: asyncio.Future[list[Scored]]
+
+
 BOOK_KEY = "__book__"
 _TICK = b"tick"
 
@@ -127,7 +146,8 @@ class StreamsApp:
         self.settings = settings
         s = settings.streams
         self.metrics = metrics or StreamsMetrics()
-        self.pipeline = TracePipeline.from_settings(settings)
+        self.scoring = make_stage(settings)
+        self._held: _HeldBatch | None = None
         self.judge = LLMJudge.from_settings(s.judge) if s.judge.enabled else None
         self.partitions = partitions
         names = settings.internal_topics()
@@ -195,6 +215,7 @@ class StreamsApp:
         app.timer(s.expiry_check_interval_s)(self._expiry_tick)
         app.timer(s.window_tick_interval_s)(self._window_tick)
         bound_fetch_wait(app, s.fetch_max_wait_ms)
+        app.task(self._start_scoring)
         app.on_before_shutdown.connect(self._on_shutdown)
         registry = self.metrics.registry
 
@@ -203,7 +224,12 @@ class StreamsApp:
 
         app.page("/metrics")(metrics_page)
 
+    async def _start_scoring(self) -> None:
+        self.scoring.start()  # a scoring process starts with the worker, not on the first trace
+
     async def _on_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
+        # A batch still held is not finished here: its events were not acked, so they are read again.
+        self.scoring.close()
         if self.judge is not None:
             await self.judge.aclose()
             self.judge.close()
@@ -228,41 +254,86 @@ class StreamsApp:
     # -- 1. assembly ----------------------------------------------------------------------------
 
     async def _assemble(self, stream: Any) -> None:
-        """Events come in small batches (acked after the batch): every trace touched by a batch is
-        written to the table once, not once per event — the changelog write is the dominant cost.
-        The traces the batch completed are scored after its events are assembled (with the LLM judge,
-        their judge requests run concurrently)."""
+        """Events come in batches: every trace touched by a batch is written to the table once, not once
+        per event (the changelog write is the dominant cost). A batch's completed traces are handed to the
+        scoring stage (a child process by default) and the batch is held while the next one is assembled,
+        so that scoring runs beside the event loop; it is finished (scored traces published, its states
+        written, its window items sent, then its events acked) at the next batch, or as soon as the input
+        pauses. Until then the held states are read before the table's."""
         s = self.settings.streams
-        async for events in take_batches(stream, s.batch_max_events, s.batch_within_s, s.batch_idle_s):
+        self._held = None
+        async for events in take_batches(stream, s.batch_max_events, s.batch_within_s, s.batch_idle_s, held=True):
+            if not events:  # the input paused: finish the held batch now
+                await self._finish_held(stream)
+                continue
             t0 = time.perf_counter()
             touched: dict[str, AssemblyState] = {}
             completed: list[AgentTrace] = []
             for event in events:
                 await self._assemble_one(event, touched, completed)
-            items = await self._score_all(completed)
-            for key, state in touched.items():
-                self.assembly[key] = state  # use_partitioner: the changelog partition follows the key
-            await self._send_window_items(items)
+            reasoning = await self._judge_all(completed) if self.judge is not None and completed else None
+            jobs = [Job(t, self.references.get(t.task_id), reasoning[i] if reasoning else None)
+                    for i, t in enumerate(completed)]
+            scoring = self.scoring.submit(jobs)
+            await self._finish_held(stream)
+            self._held = _HeldBatch(list(events), touched, scoring)
             self.metrics.processing_seconds.labels("assemble_batch").observe(time.perf_counter() - t0)
 
-    async def _send_window_items(self, items: list[str]) -> None:
-        """One record per batch (the items are JSON already), split so that a record stays well under the
-        producer's request size."""
-        limit = max(64 * 1024, self.settings.streams.producer_max_batch_bytes // 2)
-        chunk: list[str] = []
-        size = 0
-        for raw in items:
-            if chunk and size + len(raw) > limit:
-                await self._send_window_chunk(chunk)
-                chunk, size = [], 0
-            chunk.append(raw)
-            size += len(raw) + 1
-        if chunk:
-            await self._send_window_chunk(chunk)
+    async def _finish_held(self, stream: Any) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        t0 = time.perf_counter()
+        items: list[tuple[str, bytes | None]] = []
+        refs: dict[str, int] = {}
+        sent: list[asyncio.Future[Any]] = []
+        for sc in await held.scoring:
+            fut = await self._publish_scored(sc)
+            if fut is not None:
+                sent.append(fut)
+                if sc.item_json is not None:
+                    items.append((sc.item_json, sc.example_json))
+            if sc.reference is not None:
+                refs[sc.task_id] = min(sc.reference, refs.get(sc.task_id, sc.reference))
+        sent += await self._send_window_items(items)
+        # The states say "done" (a completed trace's tombstone turns its redelivered events into duplicates):
+        # they are written only once what was published for those traces is on the broker. Were both in the
+        # producer's buffer when the worker died, the tombstones could survive and the window items not.
+        await asyncio.gather(*sent)
+        for task, ref in refs.items():  # once per task and batch; a reference only goes down
+            current = self.references.get(task)
+            if current is None or ref < current:
+                self.references[task] = ref
+        for key, state in held.touched.items():
+            self.assembly[key] = state  # use_partitioner: the changelog partition follows the key
+        for event in held.events:  # faust flushes the producer before it commits these offsets
+            await stream.ack(event)
+        self.metrics.processing_seconds.labels("finish_batch").observe(time.perf_counter() - t0)
 
-    async def _send_window_chunk(self, raws: list[str]) -> None:
-        value = ('{"items":[' + ",".join(raws) + "]}").encode()  # each item is already JSON
-        await self._produce(self.windows_name, b"w", value)  # one partition: batches keep their order
+    def _state(self, key: str, touched: dict[str, AssemblyState]) -> AssemblyState | None:
+        """A trace's newest state: this batch's, the held batch's, or the table's."""
+        state = touched.get(key)
+        if state is None and self._held is not None:
+            state = self._held.touched.get(key)
+        return state if state is not None else as_model(AssemblyState, self.assembly.get(key))
+
+    async def _send_window_items(self, items: list[tuple[str, bytes | None]]) -> list[asyncio.Future[Any]]:
+        """One record per batch (`encode_window_record`), split so that a record stays well under the
+        producer's request size; returns the delivery futures."""
+        limit = max(64 * 1024, self.settings.streams.producer_max_batch_bytes // 2)
+        chunk: list[tuple[str, bytes | None]] = []
+        futures = []
+        size = 0
+        for item in items:
+            n = len(item[0]) + len(item[1] or b"") + 2
+            if chunk and size + n > limit:
+                futures.append(await self._produce(self.windows_name, b"w", encode_window_record(chunk)))
+                chunk, size = [], 0
+            chunk.append(item)
+            size += n
+        if chunk:  # one partition: the records keep their order
+            futures.append(await self._produce(self.windows_name, b"w", encode_window_record(chunk)))
+        return futures
 
     async def _assemble_one(self, event: Any, touched: dict[str, AssemblyState], completed: list[AgentTrace]) -> None:
         s = self.settings.streams
@@ -270,10 +341,7 @@ class StreamsApp:
         msg = event.message
         topic = msg.topic
         if topic == self.expire_name:
-            key = event.key.decode() if event.key else ""
-            if key in touched:  # flush what this batch did to it first
-                self.assembly[key] = touched.pop(key)
-            await self._expire(key)
+            await self._expire(event.key.decode() if event.key else "", touched)
             return
         model = TraceStepEvent if topic == self.steps_name else TraceOutcomeEvent
         role = "steps" if model is TraceStepEvent else "outcomes"
@@ -296,7 +364,7 @@ class StreamsApp:
             return
         assert ev is not None
         key = ev.trace_id
-        state = touched.get(key) or as_model(AssemblyState, self.assembly.get(key))
+        state = self._state(key, touched)
         try:
             if isinstance(ev, TraceStepEvent):
                 res = add_step(state, ev, max_steps=s.max_steps_per_trace)
@@ -318,9 +386,9 @@ class StreamsApp:
             m.traces_completed.inc()
             completed.append(res.trace)
 
-    async def _expire(self, trace_id: str) -> None:
+    async def _expire(self, trace_id: str, touched: dict[str, AssemblyState]) -> None:
         self._expiring.discard(trace_id)
-        state = as_model(AssemblyState, self.assembly.get(trace_id))
+        state = self._state(trace_id, touched)
         if state is None:
             return
         now = datetime.now(UTC)
@@ -329,7 +397,11 @@ class StreamsApp:
         if not state.completed:
             self.metrics.traces_expired.inc()
             await self._dead_letter(incomplete_dead_letter(state, source_topic=self.steps_name, service=SERVICE))
-        del self.assembly[trace_id]
+        touched.pop(trace_id, None)
+        if self._held is not None:
+            self._held.touched.pop(trace_id, None)
+        if trace_id in self.assembly:
+            del self.assembly[trace_id]
 
     async def _expiry_tick(self) -> None:
         """Find idle traces on this worker's partitions and ask for their expiry (see module doc)."""
@@ -347,19 +419,6 @@ class StreamsApp:
         self.metrics.assembly_open.set(open_traces)
 
     # -- 2. scoring -----------------------------------------------------------------------------
-
-    async def _score_all(self, traces: list[AgentTrace]) -> list[str]:
-        """Score the batch's completed traces in order and publish each; returns their window items (JSON)."""
-        reasoning = await self._judge_all(traces) if self.judge is not None and traces else None
-        window_size = self.settings.streams.window_size_s
-        items: list[str] = []
-        for i, trace in enumerate(traces):
-            sc = score_trace(self.pipeline, trace, reference_steps=self.references.get(trace.task_id),
-                             reasoning_quality=reasoning[i] if reasoning else None, window_size_s=window_size)
-            item = await self._publish_scored(sc)
-            if item is not None:
-                items.append(item)
-        return items
 
     async def _judge_all(self, traces: list[AgentTrace]) -> list[float]:
         """The LLM judge's reasoning scores, `judge.max_concurrency` requests at a time (each falls back to
@@ -380,9 +439,9 @@ class StreamsApp:
         self.metrics.processing_seconds.labels("judge").observe(time.perf_counter() - t0)
         return list(scores)
 
-    async def _publish_scored(self, sc: Scored) -> str | None:
-        """Metrics, the reference, dead letters and the ScoredTrace of one scored trace; returns its window
-        item (None when the trace went to the DLQ)."""
+    async def _publish_scored(self, sc: Scored) -> asyncio.Future[Any] | None:
+        """Metrics, dead letters and the ScoredTrace of one scored trace; returns the ScoredTrace's delivery
+        future, None when the trace went to the DLQ (it has no window item then)."""
         m = self.metrics
         for dim, value in zip(DIMENSIONS, sc.dims, strict=True):
             m.score.labels(dim).observe(value)
@@ -392,10 +451,6 @@ class StreamsApp:
         for kind, n in sc.redactions.items():
             m.pii_redactions.labels(kind).inc(n)
         m.processing_seconds.labels("score").observe(sc.seconds)
-        if sc.reference is not None:
-            current = self.references.get(sc.task_id)
-            if current is None or sc.reference < current:  # only ever goes down
-                self.references[sc.task_id] = sc.reference
         for kind, reason in sc.errors:
             await self._dead_letter(make_dead_letter(
                 None, source_topic=self.outcomes_name, key=sc.trace_id.encode(), kind=kind, reason=reason,
@@ -403,9 +458,10 @@ class StreamsApp:
             ))
         if sc.scored_json is None:
             return None
-        await self._produce(self.settings.topics.traces_scored, sc.task_id.encode(), sc.scored_json, sc.timestamp)
+        fut = await self._produce(self.settings.topics.traces_scored, sc.task_id.encode(), sc.scored_json,
+                                  sc.timestamp)
         m.trace_latency.observe(max(0.0, time.time() - sc.timestamp))
-        return sc.item_json
+        return fut
 
     # -- 2. windows -----------------------------------------------------------------------------
 
@@ -425,7 +481,7 @@ class StreamsApp:
                 await self._idle_close()
                 continue
             try:
-                batch = WindowBatch.model_validate_json(event.value)
+                batch = decode_window_record(event.value)
             except ValueError as exc:
                 await self._dead_letter(make_dead_letter(
                     event.value, source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
@@ -434,29 +490,29 @@ class StreamsApp:
                 continue
             self._last_item_wall = time.monotonic()
             work = _WindowWork(self._book())
-            for item in batch.items:
-                await self._window_item(work, item)
+            for item, example in batch:
+                await self._window_item(work, item, example)
             self._flush_window_work(work)
             self.metrics.processing_seconds.labels("window").observe(time.perf_counter() - t0)
 
-    async def _window_item(self, work: _WindowWork, item: WindowItem) -> None:
+    async def _window_item(self, work: _WindowWork, item: WindowItem, example: bytes | None) -> None:
         """Count one scored trace: book, pair candidate, SFT example; close what the watermark passed."""
         s = self.settings.streams
         m = self.metrics
-        cand, example = item.candidate, item.example_json
+        cand = item.candidate
         entry = book_observe(work.book, item.event_time, task_id=cand.task_id, size_s=s.window_size_s,
                              passed=item.passed, sft=example is not None, max_tasks=s.max_tasks_per_window)
         if entry.late:
             m.late_traces.inc()
         if entry.keep_candidate:
-            if example is not None and cand.messages is None:  # sent once, see _score
+            if example is not None and cand.messages is None:  # sent once, in the example
                 cand = cand.model_copy(update={"messages": json.loads(example)["messages"]})
             ckey = f"c:{entry.window_key}:{cand.task_id}"
             work.candidates[ckey], _ = merge_candidate(work.candidates_of(ckey, self.windows), cand,
                                                        s.max_candidates_per_task)
         if example is not None:
             key = (item.example_id or "").encode()
-            fut = await self._produce(self.settings.topics.dataset_sft, key, example.encode(), _ts(item.event_time))
+            fut = await self._produce(self.settings.topics.dataset_sft, key, example, _ts(item.event_time))
             self._pending.setdefault(entry.window_key, _PendingWindow()).futures.append(fut)
             m.dataset_records.labels("sft").inc()
         work.book, closing = book_advance(entry.book, item.event_time, grace_s=s.window_grace_s,

@@ -24,9 +24,14 @@ from mode.utils.futures import notify
 __all__ = ["take_batches"]
 
 
-async def take_batches(stream: Any, max_: int, within: float, idle: float) -> AsyncIterator[Sequence[Any]]:
+async def take_batches(stream: Any, max_: int, within: float, idle: float, *,
+                       held: bool = False) -> AsyncIterator[Sequence[Any]]:
     """Yield lists of events: at most `max_`, at most `within` seconds after the last batch was
-    consumed, and as soon as no event came for `idle` seconds (with at least one buffered)."""
+    consumed, and as soon as no event came for `idle` seconds (with at least one buffered).
+
+    `held`: the consumer acks the events itself (`stream.ack(event)`), e.g. once a batch's results
+    are out, which may be after later batches were yielded; and once the input pauses after a
+    batch, an empty list is yielded (once), so that a consumer holding a batch can finish it."""
     if max_ < 1 or within <= 0 or idle <= 0:
         raise ValueError(f"take_batches needs max_ >= 1, within > 0 and idle > 0 (got {max_}, {within}, {idle})")
     loop = asyncio.get_running_loop()
@@ -63,6 +68,7 @@ async def take_batches(stream: Any, max_: int, within: float, idle: float) -> As
     stream.enable_acks = False  # acked here, after the batch was consumed
     stream.add_processor(add_to_buffer)
     stream._enable_passive(channel_it)
+    paused_told = True  # nothing held before the first batch
     try:
         while not stream.should_stop:
             deadline = loop.time() + within
@@ -74,16 +80,23 @@ async def take_batches(stream: Any, max_: int, within: float, idle: float) -> As
                 await stream.wait_for_stopped(buffer_full, timeout=min(idle, remaining))
                 if buffer_full.is_set() or (events and len(events) == seen):
                     break  # full, or the input paused with something buffered
+                if held and not events and not paused_told:
+                    break  # the input paused after a batch: say so
             if not events:
+                if held and not paused_told and not stream.should_stop:
+                    paused_told = True
+                    yield []
                 continue
+            paused_told = False
             buffer_consuming = loop.create_future()
             try:
                 yield list(events)
             finally:
                 batch = list(events)
                 events.clear()
-                for event in batch:
-                    await stream.ack(event)
+                if not held:
+                    for event in batch:
+                        await stream.ack(event)
                 notify(buffer_consuming)
                 buffer_full.clear()
                 buffer_consumed.set()

@@ -14,6 +14,8 @@ Examples: `STILLFLOW_STREAMS__WINDOW_SIZE_S=30`, `STILLFLOW_STREAMS__PAIR_MIN_GA
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from stillflow.settings import StillflowSettings
@@ -48,6 +50,9 @@ class StreamsSection(_Section):
     # assembly
     assembly_timeout_s: float = Field(default=300.0, gt=0, description="idle time before an incomplete trace expires")
     max_steps_per_trace: int = Field(default=512, gt=0, description="more steps is an error (dead-lettered)")
+    # where completed traces are scored: `process` (one child process, beside the event loop), `inline`,
+    # or `auto` (a process when the machine has 2+ cores); see streams.score_stage
+    scoring: Literal["auto", "process", "inline"] = "auto"
     # reasoning judge (scoring and gates themselves: the shared `quality` section)
     judge: JudgeSettings = JudgeSettings()
     # pairs

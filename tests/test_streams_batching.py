@@ -116,3 +116,24 @@ async def test_processor_and_acks_are_restored_when_the_consumer_stops() -> None
 async def test_bad_arguments_are_refused(args: tuple[int, float, float]) -> None:
     with pytest.raises(ValueError, match="take_batches needs"):
         await take_batches(_FakeStream(), *args).__anext__()
+
+
+async def test_held_batches_are_acked_by_the_consumer_and_a_pause_is_told_once() -> None:
+    stream = _FakeStream()
+    got: list[list[int]] = []
+
+    async def consume() -> None:
+        async for batch in take_batches(stream, 10, 30.0, 0.02, held=True):
+            got.append(list(batch))
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0)
+    await stream.feed(list(range(15)))
+    await asyncio.sleep(0.3)  # many idle periods: the pause is told once, not per period
+    assert got == [list(range(10)), list(range(10, 15)), []]
+    assert stream.acked == []  # held: the consumer acks (here: never)
+    await stream.feed([99])
+    await asyncio.sleep(0.1)
+    stream.should_stop = True
+    task.cancel()
+    assert got[3:] == [[99], []]

@@ -11,7 +11,19 @@ from sim.policies import make_policy
 from sim.runner import iter_offline
 from stillflow.contracts import Limits, ScoredTrace, SFTExample, decode, get_limits, set_limits
 from streams.pipeline import TracePipeline
-from streams.score_stage import DIMENSIONS, WindowBatch, WindowItem, score_trace
+from streams.score_stage import (
+    DIMENSIONS,
+    Job,
+    ScoringConfig,
+    ScoringPool,
+    ScoringStage,
+    WindowBatch,
+    WindowItem,
+    decode_window_record,
+    encode_window_record,
+    make_stage,
+    score_trace,
+)
 from streams.settings import StreamsSettings
 from streams.windows import window_start_for
 
@@ -38,17 +50,44 @@ def test_outputs_are_the_pipelines_encoded(traces, pipeline) -> None:
         assert (sc.trace_id, sc.task_id, sc.timestamp) == (t.trace_id, t.task_id, t.timestamp.timestamp())
         item = WindowItem.model_validate_json(sc.item_json)
         assert item.event_time == t.timestamp and item.passed == sc.passed
-        assert sc.has_example == (p.example is not None) == (item.example_json is not None)
-        if item.example_json is not None:
-            example = decode(item.example_json, SFTExample)
+        assert sc.has_example == (p.example is not None) == (sc.example_json is not None)
+        assert item.example_json is None  # the example travels beside the item
+        if sc.example_json is not None:
+            example = decode(sc.example_json, SFTExample)
             assert example == p.example and item.example_id == example.example_id
             assert item.candidate.messages is None  # sent once, in the example
         else:
-            assert item.candidate.messages == p.candidate.messages
+            assert item.example_id is None and item.candidate.messages == p.candidate.messages
         assert not sc.errors
-    # one batch record of items parses back whole
-    raws = [score_trace(pipeline, t).item_json for t in traces[:5]]
-    assert len(WindowBatch.model_validate_json('{"items":[' + ",".join(raws) + "]}").items) == 5
+
+
+def test_a_window_record_carries_items_and_examples_in_order(traces, pipeline) -> None:
+    scored = [score_trace(pipeline, t) for t in traces[:12]]
+    assert any(sc.has_example for sc in scored) and not all(sc.has_example for sc in scored)
+    raw = encode_window_record([(sc.item_json, sc.example_json) for sc in scored])
+    back = decode_window_record(raw)
+    assert [item.candidate.trace_id for item, _ in back] == [sc.trace_id for sc in scored]
+    assert [ex for _, ex in back] == [sc.example_json for sc in scored]
+    # the examples stay byte for byte what the SFT topic gets
+    for item, ex in back:
+        if ex is not None:
+            assert decode(ex, SFTExample).example_id == item.example_id
+
+
+def test_an_older_record_with_examples_inside_its_items_still_reads(traces, pipeline) -> None:
+    sc = next(sc for sc in (score_trace(pipeline, t) for t in traces) if sc.has_example)
+    old = WindowItem.model_validate_json(sc.item_json).model_copy(update={"example_json": sc.example_json.decode()})
+    [(item, ex)] = decode_window_record(WindowBatch(items=[old]).model_dump_json().encode())
+    assert ex == sc.example_json and item.example_id == old.example_id
+
+
+@pytest.mark.parametrize("cut", ["missing", "extra"])
+def test_a_record_whose_examples_do_not_match_its_items_is_refused(traces, pipeline, cut) -> None:
+    scored = [sc for sc in (score_trace(pipeline, t) for t in traces[:12]) if sc.has_example][:2]
+    raw = encode_window_record([(sc.item_json, sc.example_json) for sc in scored])
+    raw = raw.rsplit(b"\n", 1)[0] if cut == "missing" else raw + b"\n" + scored[0].example_json
+    with pytest.raises(ValueError, match="window record"):
+        decode_window_record(raw)
 
 
 def test_the_reference_only_goes_down(traces, pipeline) -> None:
@@ -84,9 +123,69 @@ def test_a_trace_too_big_to_publish_is_a_dead_letter_not_an_item(traces, pipelin
 
 def test_window_items_keep_the_window_of_their_trace(pipeline) -> None:
     later = list(iter_offline(20, make_policy("teacher"), seed=2, start=START + timedelta(seconds=61), rate=1.0))
-    items = [WindowItem.model_validate_json(sc.item_json) for sc in (score_trace(pipeline, t, window_size_s=60)
-                                                                     for t in later) if sc.has_example]
-    assert items
-    for item in items:
-        example = decode(item.example_json, SFTExample)
-        assert example.window_start == window_start_for(item.event_time, 60)
+    scored = [sc for sc in (score_trace(pipeline, t, window_size_s=60) for t in later) if sc.has_example]
+    assert scored
+    for sc in scored:
+        item = WindowItem.model_validate_json(sc.item_json)
+        assert decode(sc.example_json, SFTExample).window_start == window_start_for(item.event_time, 60)
+
+
+def _same(a: list, b: list) -> bool:
+    return [{**x.__dict__, "seconds": 0} for x in a] == [{**x.__dict__, "seconds": 0} for x in b]
+
+
+async def _run(stage, traces, chunk: int) -> list:
+    futures = [stage.submit([Job(t) for t in traces[i:i + chunk]]) for i in range(0, len(traces), chunk)]
+    return [sc for f in futures for sc in await f]
+
+
+async def test_the_scoring_process_gives_what_scoring_here_gives(traces) -> None:
+    config = ScoringConfig.from_settings(StreamsSettings())
+    here = [score for chunk in [await ScoringStage(config).submit([Job(t) for t in traces])] for score in chunk]
+    pool = ScoringPool(config)
+    pool.start()
+    try:
+        # chunks in flight at once, none of them told the references the earlier ones set
+        there = await _run(pool, traces, chunk=7)
+    finally:
+        pool.close()
+    assert _same(here, there)
+    # and both are what scoring one after another with the table's references gives
+    refs: dict[str, int] = {}
+    sequential = []
+    for t in traces:
+        sc = score_trace(ScoringConfig.from_settings(StreamsSettings()).pipeline(), t,
+                         reference_steps=refs.get(t.task_id))
+        if sc.reference is not None:
+            refs[t.task_id] = sc.reference
+        sequential.append(sc)
+    assert _same(sequential, here)
+    assert any(t.task_id in refs for t in traces)
+
+
+async def test_a_scoring_process_that_dies_is_replaced_without_losing_a_chunk(traces) -> None:
+    import os
+    import signal
+
+    pool = ScoringPool(ScoringConfig.from_settings(StreamsSettings()))
+    pool.start()
+    try:
+        first = await pool.submit([Job(traces[0])])
+        for proc in list(pool._executor._processes.values()):  # the child, as a crash would
+            os.kill(proc.pid, signal.SIGKILL)
+        again = await pool.submit([Job(t) for t in traces[:5]])
+    finally:
+        pool.close()
+    assert pool.restarts == 1
+    assert [sc.trace_id for sc in again] == [t.trace_id for t in traces[:5]]
+    assert _same(first, again[:1])
+
+
+def test_auto_scoring_is_a_process_with_two_cores(monkeypatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert isinstance(make_stage(StreamsSettings()), ScoringPool)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert isinstance(make_stage(StreamsSettings()), ScoringStage)
+    monkeypatch.setenv("STILLFLOW_STREAMS__SCORING", "inline")
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert isinstance(make_stage(StreamsSettings()), ScoringStage)
