@@ -208,6 +208,11 @@ async def _fleet(settings: Any, args: argparse.Namespace, emit: bool) -> Any:
         progress_interval_s=sim.progress_interval_s, task_pool=args.task_pool,
     )
     policy = None if client is not None else sim.make_policy()
+    if progress is not None:  # a line at start, not only after the first progress interval
+        target = sim.base_url or f"the in-process {sim.policy} policy"
+        cap = f" or {args.max_traces} traces" if args.max_traces else ""
+        progress(f"fleet: {sim.agents} agents at {sim.rate:g} tasks/s for up to {sim.duration_s:g} s{cap} "
+                 f"against {target}")
     if args.report_to_router:
         from sim.router_outcome import RouterOutcomes
 
