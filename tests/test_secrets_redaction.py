@@ -101,8 +101,8 @@ async def test_planted_secrets_stay_out_of_logs_and_datasets(settings, tmp_path)
                     await read_to_end(settings, settings.topics.dataset_dpo))
 
         sft, dpo = await datasets()
-        for _ in range(60):  # pairs come when the windows close (idle close: a few seconds)
-            if sft and dpo:
+        for _ in range(60):  # pairs come when the windows close (idle close: a few seconds), examples before
+            if len(sft) >= N_TASKS // 2 and dpo:
                 break
             await asyncio.sleep(0.5)
             sft, dpo = await datasets()
