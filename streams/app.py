@@ -56,10 +56,12 @@ from streams.assembly import (
     is_expired,
 )
 from streams.batching import take_batches
+from streams.changelog import write_many
 from streams.consumer_tuning import bound_fetch_wait
 from streams.judge import LLMJudge
 from streams.metrics import StreamsMetrics
 from streams.pairs import PairCandidate, mine_pairs
+from streams.pii import default_redactor
 from streams.score_stage import (
     DIMENSIONS,
     Job,
@@ -243,13 +245,15 @@ class StreamsApp:
         same producer before it commits the input offsets."""
         return await self.app.producer.send(topic, key, value, partition=None, timestamp=timestamp, headers=None)
 
-    async def _dead_letter(self, letter: DeadLetter) -> None:
+    async def _dead_letter(self, letter: DeadLetter) -> Any:
+        """Send a letter to the DLQ; returns its delivery future."""
         self.metrics.dead_letters.labels(letter.kind).inc()
         raw = encode_letter(letter)
         key = letter.key_b64.encode() if letter.key_b64 else None
-        await self.dlq_topic.send(key=key, value=raw, timestamp=_ts(letter.timestamp))
+        fut = await self.dlq_topic.send(key=key, value=raw, timestamp=_ts(letter.timestamp))
         log.warning("dead letter (%s) from %s[%s]@%s: %s", letter.kind, letter.source_topic, letter.partition,
                     letter.offset, letter.reason[:200])
+        return fut
 
     # -- 1. assembly ----------------------------------------------------------------------------
 
@@ -262,22 +266,38 @@ class StreamsApp:
         pauses. Until then the held states are read before the table's."""
         s = self.settings.streams
         self._held = None
-        async for events in take_batches(stream, s.batch_max_events, s.batch_within_s, s.batch_idle_s, held=True):
-            if not events:  # the input paused: finish the held batch now
-                await self._finish_held(stream)
-                continue
-            t0 = time.perf_counter()
-            touched: dict[str, AssemblyState] = {}
-            completed: list[AgentTrace] = []
-            for event in events:
-                await self._assemble_one(event, touched, completed)
-            reasoning = await self._judge_all(completed) if self.judge is not None and completed else None
-            jobs = [Job(t, self.references.get(t.task_id), reasoning[i] if reasoning else None)
-                    for i, t in enumerate(completed)]
-            scoring = self.scoring.submit(jobs)
-            await self._finish_held(stream)
-            self._held = _HeldBatch(list(events), touched, scoring)
-            self.metrics.processing_seconds.labels("assemble_batch").observe(time.perf_counter() - t0)
+        try:
+            async for events in take_batches(stream, s.batch_max_events, s.batch_within_s, s.batch_idle_s,
+                                             held=True):
+                if not events:  # the input paused: finish the held batch now
+                    await self._finish_held(stream)
+                    continue
+                t0 = time.perf_counter()
+                touched: dict[str, AssemblyState] = {}
+                completed: list[AgentTrace] = []
+                for event in events:
+                    await self._assemble_one(event, touched, completed)
+                if self.judge is None:
+                    scoring = self.scoring.submit(self._jobs(completed, None))
+                    await self._finish_held(stream)
+                else:  # the held batch does not wait for this one's judge requests
+                    await self._finish_held(stream)
+                    reasoning = await self._judge_all(completed) if completed else None
+                    scoring = self.scoring.submit(self._jobs(completed, reasoning))
+                self._held = _HeldBatch(list(events), touched, scoring)
+                self.metrics.processing_seconds.labels("assemble_batch").observe(time.perf_counter() - t0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Faust would restart this agent alone, with the held and the current batch neither finished nor
+            # acked: the consumer is past their events, so they would come back only with a new process.
+            log.exception("the assembler failed; stopping the worker so that its unacked events are read again")
+            await self.app.crash(exc)
+            raise
+
+    def _jobs(self, traces: list[AgentTrace], reasoning: list[float] | None) -> list[Job]:
+        return [Job(t, self.references.get(t.task_id), reasoning[i] if reasoning else None)
+                for i, t in enumerate(traces)]
 
     async def _finish_held(self, stream: Any) -> None:
         held, self._held = self._held, None
@@ -288,24 +308,22 @@ class StreamsApp:
         refs: dict[str, int] = {}
         sent: list[asyncio.Future[Any]] = []
         for sc in await held.scoring:
-            fut = await self._publish_scored(sc)
-            if fut is not None:
-                sent.append(fut)
-                if sc.item_json is not None:
-                    items.append((sc.item_json, sc.example_json))
+            sent += await self._publish_scored(sc)
+            if sc.scored_json is not None and sc.item_json is not None:
+                items.append((sc.item_json, sc.example_json))
             if sc.reference is not None:
                 refs[sc.task_id] = min(sc.reference, refs.get(sc.task_id, sc.reference))
         sent += await self._send_window_items(items)
         # The states say "done" (a completed trace's tombstone turns its redelivered events into duplicates):
-        # they are written only once what was published for those traces is on the broker. Were both in the
-        # producer's buffer when the worker died, the tombstones could survive and the window items not.
+        # they are written only once what was published for those traces (records, window items, dead
+        # letters) is on the broker. Were both in the producer's buffer when the worker died, the
+        # tombstones could survive and the rest not.
         await asyncio.gather(*sent)
-        for task, ref in refs.items():  # once per task and batch; a reference only goes down
-            current = self.references.get(task)
-            if current is None or ref < current:
-                self.references[task] = ref
-        for key, state in held.touched.items():
-            self.assembly[key] = state  # use_partitioner: the changelog partition follows the key
+        # once per task and batch; a reference only goes down
+        lower = {task: ref for task, ref in refs.items() if (cur := self.references.get(task)) is None or ref < cur}
+        # straight to the producer (streams.changelog); use_partitioner: the partition follows the key
+        await write_many(self.references, lower, self.app.producer)
+        await write_many(self.assembly, held.touched, self.app.producer)
         for event in held.events:  # faust flushes the producer before it commits these offsets
             await stream.ack(event)
         self.metrics.processing_seconds.labels("finish_batch").observe(time.perf_counter() - t0)
@@ -421,27 +439,38 @@ class StreamsApp:
     # -- 2. scoring -----------------------------------------------------------------------------
 
     async def _judge_all(self, traces: list[AgentTrace]) -> list[float]:
-        """The LLM judge's reasoning scores, `judge.max_concurrency` requests at a time (each falls back to
-        the heuristic when the endpoint fails)."""
+        """The LLM judge's reasoning scores, `judge.max_concurrency` requests at a time. The judge is sent the
+        trace redacted (it is outside the stream: PII does not leave it), and any failure of a request falls
+        back to the heuristic for that trace."""
         assert self.judge is not None
         judge = self.judge
         limit = asyncio.Semaphore(self.settings.streams.judge.max_concurrency)
+        redact = self.settings.streams.redact_pii
+        unexpected = 0
 
         async def one(trace: AgentTrace) -> float:
+            nonlocal unexpected
+            shown = default_redactor.redact_trace(trace)[0] if redact else trace
             async with limit:
-                return await judge.ascore(trace)
+                try:
+                    return await judge.ascore(shown)
+                except Exception as exc:  # e.g. an invalid URL; the judge itself falls back on HTTP errors
+                    unexpected += 1
+                    log.warning("LLM judge failed on %s (%r): the heuristic scores its reasoning", trace.trace_id,
+                                exc)
+                    return judge.fallback.score(trace)
 
         t0 = time.perf_counter()
         calls, errors = judge.n_calls, judge.n_errors
         scores = await asyncio.gather(*(one(t) for t in traces))
-        self.metrics.judge_calls.labels("ok").inc(judge.n_calls - calls - (judge.n_errors - errors))
-        self.metrics.judge_calls.labels("fallback").inc(judge.n_errors - errors)
+        failed = judge.n_errors - errors + unexpected
+        self.metrics.judge_calls.labels("ok").inc(max(0, judge.n_calls - calls - failed))
+        self.metrics.judge_calls.labels("fallback").inc(failed)
         self.metrics.processing_seconds.labels("judge").observe(time.perf_counter() - t0)
         return list(scores)
 
-    async def _publish_scored(self, sc: Scored) -> asyncio.Future[Any] | None:
-        """Metrics, dead letters and the ScoredTrace of one scored trace; returns the ScoredTrace's delivery
-        future, None when the trace went to the DLQ (it has no window item then)."""
+    async def _publish_scored(self, sc: Scored) -> list[Any]:
+        """Metrics, dead letters and the ScoredTrace of one scored trace; returns the delivery futures."""
         m = self.metrics
         for dim, value in zip(DIMENSIONS, sc.dims, strict=True):
             m.score.labels(dim).observe(value)
@@ -451,17 +480,16 @@ class StreamsApp:
         for kind, n in sc.redactions.items():
             m.pii_redactions.labels(kind).inc(n)
         m.processing_seconds.labels("score").observe(sc.seconds)
-        for kind, reason in sc.errors:
-            await self._dead_letter(make_dead_letter(
-                None, source_topic=self.outcomes_name, key=sc.trace_id.encode(), kind=kind, reason=reason,
-                service=SERVICE,
-            ))
-        if sc.scored_json is None:
-            return None
+        letters = [await self._dead_letter(make_dead_letter(
+            None, source_topic=self.outcomes_name, key=sc.trace_id.encode(), kind=kind, reason=reason,
+            service=SERVICE,
+        )) for kind, reason in sc.errors]
+        if sc.scored_json is None:  # not publishable: the letter says why, and there is no window item
+            return letters
         fut = await self._produce(self.settings.topics.traces_scored, sc.task_id.encode(), sc.scored_json,
                                   sc.timestamp)
         m.trace_latency.observe(max(0.0, time.time() - sc.timestamp))
-        return fut
+        return [*letters, fut]
 
     # -- 2. windows -----------------------------------------------------------------------------
 
@@ -506,7 +534,8 @@ class StreamsApp:
             m.late_traces.inc()
         if entry.keep_candidate:
             if example is not None and cand.messages is None:  # sent once, in the example
-                cand = cand.model_copy(update={"messages": json.loads(example)["messages"]})
+                data = json.loads(example)
+                cand = cand.model_copy(update={"messages": data["messages"], "tools": data.get("tools", [])})
             ckey = f"c:{entry.window_key}:{cand.task_id}"
             work.candidates[ckey], _ = merge_candidate(work.candidates_of(ckey, self.windows), cand,
                                                        s.max_candidates_per_task)

@@ -37,6 +37,7 @@ async def take_batches(stream: Any, max_: int, within: float, idle: float, *,
     loop = asyncio.get_running_loop()
     events: list[Any] = []
     buffer_full = asyncio.Event()
+    got_event = asyncio.Event()  # set by each buffered event, cleared with the buffer
     buffer_consumed = asyncio.Event()
     buffer_consuming: asyncio.Future[Any] | None = None
     enable_acks = stream.enable_acks
@@ -54,6 +55,7 @@ async def take_batches(stream: Any, max_: int, within: float, idle: float, *,
             if event is None:
                 raise RuntimeError("take_batches found no current event")
             events.append(event)
+            got_event.set()
             if len(events) >= max_:
                 buffer_full.set()
                 buffer_consumed.clear()
@@ -77,7 +79,10 @@ async def take_batches(stream: Any, max_: int, within: float, idle: float, *,
                 if remaining <= 0:
                     break
                 seen = len(events)
-                await stream.wait_for_stopped(buffer_full, timeout=min(idle, remaining))
+                if events or (held and not paused_told):
+                    await stream.wait_for_stopped(buffer_full, timeout=min(idle, remaining))
+                else:  # nothing buffered or to tell: one wake-up per `within`, or at the first event
+                    await stream.wait_for_stopped(got_event, timeout=remaining)
                 if buffer_full.is_set() or (events and len(events) == seen):
                     break  # full, or the input paused with something buffered
                 if held and not events and not paused_told:
@@ -94,6 +99,7 @@ async def take_batches(stream: Any, max_: int, within: float, idle: float, *,
             finally:
                 batch = list(events)
                 events.clear()
+                got_event.clear()
                 if not held:
                     for event in batch:
                         await stream.ack(event)

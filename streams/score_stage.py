@@ -19,6 +19,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from stillflow.broker import die_with_parent
 from stillflow.contracts import AgentTrace, ContractError, Limits, encode, get_limits, set_limits
 from stillflow.quality import Scorer, TraceFilter
 from stillflow.quality.scoring import next_reference
@@ -65,7 +67,7 @@ class WindowItem(BaseModel):
     passed: bool
     example_id: str | None = None  # set when the trace has an SFT example (it travels beside the item)
     example_json: str | None = None  # records written before examples travelled beside the items
-    candidate: PairCandidate  # without messages when there is an example (they are in it)
+    candidate: PairCandidate  # without messages and tools when there is an example (they are in it)
 
 
 class WindowBatch(BaseModel):
@@ -154,7 +156,8 @@ def score_trace(pipeline: TracePipeline, trace: AgentTrace, *, reference_steps: 
         except ContractError as exc:  # the redacted conversation alone over the size limit
             errors.append((exc.kind, f"SFT example of {trace.trace_id}: {exc.message}"))
         else:
-            cand = cand.model_copy(update={"messages": None})  # the window agent reads them from the example
+            # the window agent reads them back from the example (when it keeps the candidate)
+            cand = cand.model_copy(update={"messages": None, "tools": []})
     item = WindowItem(event_time=trace.timestamp, passed=p.verdict.passed, candidate=cand,
                       example_id=p.example.example_id if example_json is not None else None)
     return Scored(**base, scored_json=scored_json, item_json=item.model_dump_json(), example_json=example_json,
@@ -246,8 +249,15 @@ class ScoringStage:
 _child: _Chain | None = None
 
 
-def _child_init(config: ScoringConfig) -> None:
+def _child_init(config: ScoringConfig, parent: int) -> None:
     global _child
+    # Ctrl-C reaches the whole process group: the worker stops its child itself (closing the pool)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker killed with -9 closes nothing: without this its child would wait on the pool's queue forever
+    # (it holds a write end of that pipe itself, so it never reads EOF).
+    die_with_parent()
+    if os.getppid() != parent:  # the worker died before the line above
+        os._exit(0)
     set_limits(Limits(*config.limits))
     _child = _Chain(config, config.pipeline())
 
@@ -266,19 +276,22 @@ class ScoringPool:
     """Scores in one child process (spawned: the worker has threads, which fork does not copy), so that
     scoring runs beside the event loop; chunks are taken in order, which keeps `_Chain`'s references right.
 
-    Traces go over as JSON and come back as `Scored`. If the child dies, its chunk is scored again in a new
-    one; if that dies too, this chunk and all later ones are scored in the worker (logged): a crash there
-    never loses a trace, and a child that cannot live is not restarted for every chunk."""
+    Traces go over as JSON and come back as `Scored`; one chunk at a time. If the child dies, or takes
+    longer than `timeout_s` over a chunk (it is then killed), the chunk is scored again in a new one; if that
+    fails too, this chunk and all later ones are scored in the worker (logged): a crash there never loses a
+    trace, and a child that cannot live is not restarted for every chunk."""
 
-    def __init__(self, config: ScoringConfig) -> None:
+    def __init__(self, config: ScoringConfig, *, timeout_s: float = 120.0) -> None:
         self.config = config
+        self.timeout_s = timeout_s
         self._executor: ProcessPoolExecutor | None = None
         self._inline: ScoringStage | None = None
+        self._one_at_a_time = asyncio.Lock()  # chunks in order, and one executor torn down once
         self.restarts = 0
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_child_init, initargs=(self.config,))
+                                   initializer=_child_init, initargs=(self.config, os.getpid()))
 
     def start(self) -> None:
         """Start the child now (its imports take a second or two), not on the first chunk."""
@@ -292,34 +305,53 @@ class ScoringPool:
     async def _score(self, jobs: list[Job]) -> list[Scored]:
         if not jobs:
             return []
-        if self._inline is not None:
-            return self._inline._chain.run(jobs)
         payload = [(j.trace.model_dump_json(), j.reference_steps, j.reasoning_quality) for j in jobs]
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            if self._executor is None:
-                self._executor = self._new_executor()
-            try:
-                return await loop.run_in_executor(self._executor, _child_run, payload)
-            except BrokenProcessPool as exc:
-                self.restarts += 1
-                log.error("the scoring process died (%s); %s", exc,
-                          "starting another" if attempt == 1 else "scoring in the worker from now on")
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
-        self._inline = ScoringStage(self.config)
-        return self._inline._chain.run(jobs)
+        async with self._one_at_a_time:
+            loop = asyncio.get_running_loop()
+            for attempt in (1, 2):
+                if self._inline is not None:
+                    break
+                if self._executor is None:
+                    self._executor = self._new_executor()
+                try:
+                    return await asyncio.wait_for(loop.run_in_executor(self._executor, _child_run, payload),
+                                                  self.timeout_s)
+                except (BrokenProcessPool, TimeoutError) as exc:
+                    self.restarts += 1
+                    why = "died" if isinstance(exc, BrokenProcessPool) else f"took over {self.timeout_s:g} s"
+                    log.error("the scoring process %s; %s", why,
+                              "starting another" if attempt == 1 else "scoring in the worker from now on")
+                    self._kill()
+            if self._inline is None:
+                self._inline = ScoringStage(self.config)
+            return self._inline._chain.run(jobs)
+
+    def _kill(self) -> None:
+        ex, self._executor = self._executor, None
+        if ex is None:
+            return
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            if proc.is_alive():
+                proc.kill()  # a hung child would otherwise hold the pool (and its chunk) forever
+        ex.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._kill()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity; a container's CPU quota is not seen)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def make_stage(settings: StreamsSettings) -> ScoringStage | ScoringPool:
     """`streams.scoring`: `process`, `inline`, or `auto` (a process when the machine has 2+ cores)."""
     mode = settings.streams.scoring
     if mode == "auto":
-        mode = "process" if (os.cpu_count() or 1) >= 2 else "inline"
+        mode = "process" if _usable_cpus() >= 2 else "inline"
     config = ScoringConfig.from_settings(settings)
-    return ScoringPool(config) if mode == "process" else ScoringStage(config)
+    return ScoringPool(config, timeout_s=settings.streams.scoring_timeout_s) if mode == "process" \
+        else ScoringStage(config)

@@ -53,6 +53,9 @@ class StreamsSection(_Section):
     # where completed traces are scored: `process` (one child process, beside the event loop), `inline`,
     # or `auto` (a process when the machine has 2+ cores); see streams.score_stage
     scoring: Literal["auto", "process", "inline"] = "auto"
+    scoring_timeout_s: float = Field(
+        default=120.0, gt=0, description="a scoring process that takes longer over one batch is replaced"
+    )
     # reasoning judge (scoring and gates themselves: the shared `quality` section)
     judge: JudgeSettings = JudgeSettings()
     # pairs
@@ -88,7 +91,7 @@ class StreamsSection(_Section):
     data_dir: str = Field(default="~/.stillflow/streams", description="faust's data directory (one per app id)")
     session_timeout_s: float = Field(default=10.0, gt=0)
     standby_replicas: int = Field(default=1, ge=0)
-    batch_max_events: int = Field(default=500, ge=1, description="events the assembler takes at once")
+    batch_max_events: int = Field(default=1000, ge=1, description="events the assembler takes at once")
     # per-batch work (window hop, the window book, partial trace states) is amortised over the batch:
     # 0.02 → 0.1 s cut the worker's CPU per event from ~228 to ~186 µs (ingest bench), for at most
     # 80 ms more latency per trace; 0.25 s saved little more and doubled the time to first output
@@ -100,7 +103,7 @@ class StreamsSection(_Section):
     # faust's consumer waits up to 1.5 s per fetch (not a faust setting): a busy worker stalled behind
     # fetches of idle partitions (streams.consumer_tuning)
     fetch_max_wait_ms: int = Field(
-        default=100, ge=0, le=1500, description="longest a fetch request waits at the broker"
+        default=100, ge=1, le=1500, description="longest a fetch request waits at the broker"
     )
     producer_max_batch_bytes: int = Field(default=1_048_576, gt=0, description="producer batch size")
     producer_linger_s: float = Field(

@@ -49,7 +49,9 @@ async def test_judge_scores_reasoning_of_every_trace(settings, tmp_path) -> None
     server = ThreadingHTTPServer(("127.0.0.1", port), _Judge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     start = datetime.now(UTC) - timedelta(seconds=30)
-    traces = list(iter_offline(12, make_policy("teacher"), seed=5, start=start, rate=40.0))
+    planted = "alice.judge@example.com"  # PII does not leave the stream: the judge gets the trace redacted
+    traces = [t.model_copy(update={"input_text": f"{t.input_text} (reply to {planted})"})
+              for t in iter_offline(12, make_policy("teacher"), seed=5, start=start, rate=40.0)]
     env = streams_env(settings, f"sj-{uuid.uuid4().hex[:8]}", judge__enabled="true",
                       judge__base_url=f"http://127.0.0.1:{port}/v1", judge__model="judge-test",
                       judge__api_key="sk-judge-test-key")
@@ -67,8 +69,10 @@ async def test_judge_scores_reasoning_of_every_trace(settings, tmp_path) -> None
         assert {r["path"] for r in asked} == {"/v1/chat/completions"}
         assert {r["auth"] for r in asked} == {"Bearer sk-judge-test-key"}
         assert {r["body"]["model"] for r in asked} == {"judge-test"}
-        judged_tasks = {m["content"].splitlines()[0] for r in asked for m in r["body"]["messages"] if m["role"] == "user"}
-        assert judged_tasks == {f"TASK: {t.input_text}" for t in traces}
+        judged = [m["content"] for r in asked for m in r["body"]["messages"] if m["role"] == "user"]
+        assert {text.splitlines()[0] for text in judged} == {
+            f"TASK: {t.input_text.replace(planted, '[EMAIL]')}" for t in traces}
+        assert not any(planted in json.dumps(r["body"]) for r in asked)
         metrics = httpx.get(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5).text
         assert 'stillflow_streams_judge_calls_total{result="ok"}' in metrics
     finally:

@@ -68,3 +68,44 @@ def test_changelog_keys_are_the_raw_ids_so_state_lands_on_its_source_partition(t
     moved = sum((murmur2(f"t-{i}".encode()) & 0x7FFFFFFF) % 4 != (murmur2(f'"t-{i}"'.encode()) & 0x7FFFFFFF) % 4
                 for i in range(200))
     assert moved > 100
+
+
+async def test_write_many_writes_the_records_faust_would_and_the_store(tmp_path) -> None:
+    """The assembler's batch writes skip faust's send_soon path (streams.changelog): same topic, key and
+    value bytes as faust's own changelog record, the partition left to the producer's key partitioner."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from stillflow.settings import StillflowSettings
+    from streams.app import create_app
+    from streams.changelog import changelog_record, write_many
+    from streams.settings import StreamsSettings
+
+    base = StillflowSettings().model_dump()
+    base["kafka"]["bootstrap_servers"] = "127.0.0.1:1"  # never contacted
+    settings = StreamsSettings(**base)
+    settings = settings.model_copy(update={"streams": settings.streams.model_copy(update={"data_dir": tmp_path})})
+    sa = create_app(settings, partitions=4)
+    state = AssemblyState(trace_id="trace-7", first_seen=T0, updated_at=T0)
+    topic, key, value = changelog_record(sa.assembly, "trace-7", state)
+    assert topic == sa.assembly.changelog_topic.get_topic_name() and topic.endswith("-assembly-changelog")
+    assert key == b"trace-7" and value == state.model_dump_json().encode()
+
+    sent: list[tuple] = []
+    persisted: list[tuple] = []
+
+    class _Producer:
+        async def send(self, topic, key, value, partition, timestamp, headers):
+            sent.append((topic, key, value, partition))
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(SimpleNamespace(topic=topic, partition=3, offset=len(sent)))
+            return fut
+
+    sa.assembly.data.set_persisted_offset = lambda tp, offset: persisted.append((tp.topic, tp.partition, offset))
+    other = state.model_copy(update={"trace_id": "trace-8"})
+    futures = await write_many(sa.assembly, {"trace-7": state, "trace-8": other}, _Producer())
+    await asyncio.gather(*futures)
+    await asyncio.sleep(0)  # done callbacks
+    assert [s[1] for s in sent] == [b"trace-7", b"trace-8"] and all(s[3] is None for s in sent)
+    assert sa.assembly.data["trace-7"] == state and sa.assembly.data["trace-8"] == other
+    assert persisted == [(topic, 3, 1), (topic, 3, 2)]
