@@ -261,9 +261,10 @@ class StreamsApp:
         """Events come in batches: every trace touched by a batch is written to the table once, not once
         per event (the changelog write is the dominant cost). A batch's completed traces are handed to the
         scoring stage (a child process by default) and the batch is held while the next one is assembled,
-        so that scoring runs beside the event loop; it is finished (scored traces published, its states
-        written, its window items sent, then its events acked) at the next batch, or as soon as the input
-        pauses. Until then the held states are read before the table's."""
+        so that scoring runs beside the event loop; it is finished at the next batch, or as soon as the
+        input pauses: its scored traces, window record and dead letters are published, and once the broker
+        has them its states are written and its events acked. Until then the held states are read before
+        the table's."""
         s = self.settings.streams
         self._held = None
         try:
