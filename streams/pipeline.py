@@ -14,7 +14,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from stillflow.contracts import AgentTrace, ScoredTrace, SFTExample
-from stillflow.quality import Assessment, ReasoningScorer, Scorer, TraceFilter, Verdict, to_scored_trace
+from stillflow.quality import (
+    Assessment,
+    QualitySettings,
+    ReasoningScorer,
+    Scorer,
+    TraceFilter,
+    Verdict,
+    to_scored_trace,
+)
 from streams.formatting import FormatError, to_sft_example, tools_for, trace_to_messages
 from streams.pairs import PairCandidate, candidate_from
 from streams.pii import Redactor, default_redactor
@@ -55,11 +63,18 @@ class TracePipeline:
         """The pipeline of the streams service: scorer and gates from `settings.quality` (the section the
         trainer scores student traces with), redaction from `settings.streams.redact_pii`. `reasoning`:
         the reasoning scorer (e.g. an `LLMJudge`; default the heuristic)."""
+        return cls.from_quality(settings.quality, redact=settings.streams.redact_pii,
+                                redact_scored=settings.streams.redact_scored, reasoning=reasoning)
+
+    @classmethod
+    def from_quality(cls, quality: QualitySettings, *, redact: bool = True, redact_scored: bool = True,
+                     reasoning: ReasoningScorer | None = None) -> TracePipeline:
+        """The same from the quality section and the redaction flags alone (what a scoring process is given)."""
         return cls(
-            scorer=Scorer.from_settings(settings.quality, reasoning=reasoning),
-            gates=TraceFilter.from_settings(settings.quality),
-            redact=settings.streams.redact_pii,
-            redact_scored=settings.streams.redact_scored,
+            scorer=Scorer.from_settings(quality, reasoning=reasoning),
+            gates=TraceFilter.from_settings(quality),
+            redact=redact,
+            redact_scored=redact_scored,
         )
 
     def process(

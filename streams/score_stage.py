@@ -31,7 +31,6 @@ from pydantic import BaseModel
 
 from stillflow.broker import die_with_parent
 from stillflow.contracts import AgentTrace, ContractError, Limits, encode, get_limits, set_limits
-from stillflow.quality import Scorer, TraceFilter
 from stillflow.quality.scoring import next_reference
 from stillflow.quality.settings import QualitySettings
 from streams.pairs import PairCandidate
@@ -185,9 +184,8 @@ class ScoringConfig:
                    limits=(lim.max_step_content_chars, lim.max_event_bytes))
 
     def pipeline(self) -> TracePipeline:
-        quality = QualitySettings.model_validate(self.quality)
-        return TracePipeline(scorer=Scorer.from_settings(quality), gates=TraceFilter.from_settings(quality),
-                             redact=self.redact_pii, redact_scored=self.redact_scored)
+        return TracePipeline.from_quality(QualitySettings.model_validate(self.quality), redact=self.redact_pii,
+                                          redact_scored=self.redact_scored)
 
 
 @dataclass(frozen=True)
