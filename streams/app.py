@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,7 +112,7 @@ def _ts(dt: datetime) -> float:
 class _HeldBatch:
     """An assembled batch whose traces are being scored: finished (published, written, acked) later."""
 
-    events: list[Any]
+    events: Sequence[Any]
     touched: dict[str, AssemblyState]
     scoring: asyncio.Future[list[Scored]]
 
@@ -285,7 +286,7 @@ class StreamsApp:
                     await self._finish_held(stream)
                     reasoning = await self._judge_all(completed) if completed else None
                     scoring = self.scoring.submit(self._jobs(completed, reasoning))
-                self._held = _HeldBatch(list(events), touched, scoring)
+                self._held = _HeldBatch(events, touched, scoring)  # take_batches yields a list of its own
                 self.metrics.processing_seconds.labels("assemble_batch").observe(time.perf_counter() - t0)
         except asyncio.CancelledError:
             raise

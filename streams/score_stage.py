@@ -121,9 +121,12 @@ class Scored:
     scored_json: bytes | None  # None: it could not be encoded (see errors); no window item then
     item_json: str | None
     example_json: bytes | None  # the SFT example as encoded for its topic
-    has_example: bool
     errors: tuple[tuple[str, str], ...] = ()  # (kind, reason) for the DLQ
     seconds: float = 0.0  # time spent scoring it
+
+    @property
+    def has_example(self) -> bool:
+        return self.example_json is not None
 
 
 def score_trace(pipeline: TracePipeline, trace: AgentTrace, *, reference_steps: int | None = None,
@@ -143,7 +146,7 @@ def score_trace(pipeline: TracePipeline, trace: AgentTrace, *, reference_steps: 
     try:
         scored_json = encode(p.scored)
     except ContractError as exc:  # a trace near the size limit plus its score can pass it
-        return Scored(**base, scored_json=None, item_json=None, example_json=None, has_example=False,
+        return Scored(**base, scored_json=None, item_json=None, example_json=None,
                       errors=((exc.kind, f"scored trace {trace.trace_id}: {exc.message}"),),
                       seconds=time.perf_counter() - t0)
     errors: list[tuple[str, str]] = []
@@ -160,7 +163,7 @@ def score_trace(pipeline: TracePipeline, trace: AgentTrace, *, reference_steps: 
     item = WindowItem(event_time=trace.timestamp, passed=p.verdict.passed, candidate=cand,
                       example_id=p.example.example_id if example_json is not None else None)
     return Scored(**base, scored_json=scored_json, item_json=item.model_dump_json(), example_json=example_json,
-                  has_example=example_json is not None, errors=tuple(errors), seconds=time.perf_counter() - t0)
+                  errors=tuple(errors), seconds=time.perf_counter() - t0)
 
 
 # -- running it: in this process, or in one child process beside the event loop ---------------------
