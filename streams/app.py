@@ -4,11 +4,12 @@ Two agents, each over a topic keyed the way its tables are keyed (faust writes a
 the partition of the record being processed, so a table must be keyed like its source):
 
 1. `assemble` — trace steps + outcomes (+ the internal expiry topic), keyed by trace_id; table
-   `assembly` (trace_id → state). Events come in batches; the traces a batch completes are scored,
-   gated, formatted and redacted by the scoring stage (`streams.score_stage`: a child process beside
-   the event loop by default) while the next batch is assembled; then the batch is finished: its
-   ScoredTraces and one window record (items + SFT examples) for `<app>-windows` are published, and
-   once the broker has them, its states are written and its events acked. Table `references`
+   `assembly` (trace_id → state, as its encoded JSON). Records come in batches and go, raw, to the batch
+   work (`streams.batch_work`, run by `streams.stage` in a child process beside the event loop by default):
+   decode, assemble, expire, and score, gate, format and redact the traces the batch completes. Meanwhile
+   the next batch is taken; then the batch is finished: its dead letters, ScoredTraces and one window
+   record (items + SFT examples) for `<app>-windows` are published, and once the broker has them, its
+   states are written and its records acked. Table `references`
    (task_id → fewest steps of a correct trace) is a cache of a soft signal: its changelog is
    partitioned by task_id while traces arrive by trace_id, so after a rebalance a worker may start a
    task from the seed's step ladder again; its values only go down.
@@ -39,23 +40,10 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stillflow.contracts import (
-    AgentTrace,
-    DeadLetter,
-    OffsetRange,
-    TraceOutcomeEvent,
-    TraceStepEvent,
-    encode,
-)
-from stillflow.dlq import decode_or_letter, encode_letter, make_dead_letter
-from streams.assembly import (
-    AssemblyError,
-    AssemblyState,
-    add_outcome,
-    add_step,
-    incomplete_dead_letter,
-    is_expired,
-)
+from stillflow.contracts import AgentTrace, DeadLetter, OffsetRange, encode
+from stillflow.dlq import encode_letter, make_dead_letter
+from streams.assembly import AssemblyState
+from streams.batch_work import EXPIRE, OUTCOMES, STEPS, BatchOut, Record, trace_key
 from streams.batching import take_batches
 from streams.changelog import write_many
 from streams.consumer_tuning import bound_fetch_wait
@@ -70,9 +58,9 @@ from streams.score_stage import (
     WindowItem,
     decode_window_record,
     encode_window_record,
-    make_stage,
 )
 from streams.settings import StreamsSettings
+from streams.stage import make_stage
 from streams.table_codec import TABLE_CODEC
 from streams.tables import as_model
 from streams.windows import (
@@ -110,11 +98,11 @@ def _ts(dt: datetime) -> float:
 
 @dataclass
 class _HeldBatch:
-    """An assembled batch whose traces are being scored: finished (published, written, acked) later."""
+    """A batch handed to the batch work: finished (published, written, acked) later."""
 
     events: Sequence[Any]
-    touched: dict[str, AssemblyState]
-    scoring: asyncio.Future[list[Scored]]
+    work: asyncio.Future[BatchOut]
+    scoring: asyncio.Future[list[Scored]] | None = None  # with the LLM judge: scored apart from the work
 
 
 BOOK_KEY = "__book__"
@@ -149,7 +137,7 @@ class StreamsApp:
         self.settings = settings
         s = settings.streams
         self.metrics = metrics or StreamsMetrics()
-        self.scoring = make_stage(settings)
+        self.stage = make_stage(settings)
         self._held: _HeldBatch | None = None
         self.judge = LLMJudge.from_settings(s.judge) if s.judge.enabled else None
         self.partitions = partitions
@@ -208,7 +196,11 @@ class StreamsApp:
                                             use_partitioner=True))
         self.windows = _codecs(app.Table("windows", default=None, partitions=1, schema=schema()))
 
-        self._ok_counters = {role: self.metrics.events_in.labels(role, "ok") for role in ("steps", "outcomes")}
+        self._sources = {self.steps_name: STEPS, self.outcomes_name: OUTCOMES, self.expire_name: EXPIRE}
+        # the batch work holds the states it produced; the tables are where the others come from
+        self.stage.bind(self.assembly.get, lambda: {k: int(v) for k, v in self.references.items()})
+        # (updated_at, completed) of the traces this worker wrote, for the expiry timer (the table holds bytes)
+        self._activity: dict[str, tuple[float, bool]] = {}
         self._pending: dict[str, _PendingWindow] = {}
         self._last_item_wall = time.monotonic()
         self._expiring: set[str] = set()
@@ -219,6 +211,7 @@ class StreamsApp:
         app.timer(s.window_tick_interval_s)(self._window_tick)
         bound_fetch_wait(app, s.fetch_max_wait_ms)
         app.task(self._start_scoring)
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
         app.on_before_shutdown.connect(self._on_shutdown)
         registry = self.metrics.registry
 
@@ -228,11 +221,15 @@ class StreamsApp:
         app.page("/metrics")(metrics_page)
 
     async def _start_scoring(self) -> None:
-        self.scoring.start()  # a scoring process starts with the worker, not on the first trace
+        self.stage.start()  # a scoring process starts with the worker, not on the first batch
+
+    async def _on_rebalance_complete(self, sender: Any = None, **kwargs: Any) -> None:
+        # the tables were recovered for the new assignment: they are the truth again (states, references)
+        self.stage.forget()
 
     async def _on_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
         # A batch still held is not finished here: its events were not acked, so they are read again.
-        self.scoring.close()
+        self.stage.close()
         if self.judge is not None:
             await self.judge.aclose()
             self.judge.close()
@@ -259,13 +256,10 @@ class StreamsApp:
     # -- 1. assembly ----------------------------------------------------------------------------
 
     async def _assemble(self, stream: Any) -> None:
-        """Events come in batches: every trace touched by a batch is written to the table once, not once
-        per event (the changelog write is the dominant cost). A batch's completed traces are handed to the
-        scoring stage (a child process by default) and the batch is held while the next one is assembled,
-        so that scoring runs beside the event loop; it is finished at the next batch, or as soon as the
-        input pauses: its scored traces, window record and dead letters are published, and once the broker
-        has them its states are written and its events acked. Until then the held states are read before
-        the table's."""
+        """Records come in batches and go to the batch work raw (see the module doc), so that decoding,
+        assembly and scoring run beside the event loop. A batch is held while the next one is taken, and
+        finished at the next batch or as soon as the input pauses: its dead letters, scored traces and window
+        record are published, and once the broker has them its states are written and its records acked."""
         s = self.settings.streams
         self._held = None
         try:
@@ -274,20 +268,18 @@ class StreamsApp:
                 if not events:  # the input paused: finish the held batch now
                     await self._finish_held(stream)
                     continue
-                t0 = time.perf_counter()
-                touched: dict[str, AssemblyState] = {}
-                completed: list[AgentTrace] = []
-                for event in events:
-                    await self._assemble_one(event, touched, completed)
+                records = [self._record(event) for event in events]
                 if self.judge is None:
-                    scoring = self.scoring.submit(self._jobs(completed, None))
+                    work = self.stage.run(records)
                     await self._finish_held(stream)
+                    self._held = _HeldBatch(events, work)  # take_batches yields a list of its own
                 else:  # the held batch does not wait for this one's judge requests
                     await self._finish_held(stream)
-                    reasoning = await self._judge_all(completed) if completed else None
-                    scoring = self.scoring.submit(self._jobs(completed, reasoning))
-                self._held = _HeldBatch(events, touched, scoring)  # take_batches yields a list of its own
-                self.metrics.processing_seconds.labels("assemble_batch").observe(time.perf_counter() - t0)
+                    work = self.stage.run(records, score=False)
+                    traces = (await work).traces
+                    reasoning = await self._judge_all(traces) if traces else []
+                    scoring = self.stage.score([Job(t, None, r) for t, r in zip(traces, reasoning, strict=True)])
+                    self._held = _HeldBatch(events, work, scoring)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -297,19 +289,29 @@ class StreamsApp:
             await self.app.crash(exc)
             raise
 
-    def _jobs(self, traces: list[AgentTrace], reasoning: list[float] | None) -> list[Job]:
-        return [Job(t, self.references.get(t.task_id), reasoning[i] if reasoning else None)
-                for i, t in enumerate(traces)]
+    def _record(self, event: Any) -> Record:
+        msg = event.message
+        source = self._sources[msg.topic]
+        if source == EXPIRE:
+            self._expiring.discard(trace_key(event.key))
+        return Record(source, msg.topic, msg.partition, msg.offset, event.key, event.value)
 
     async def _finish_held(self, stream: Any) -> None:
         held, self._held = self._held, None
         if held is None:
             return
         t0 = time.perf_counter()
+        out = await held.work
+        m = self.metrics
+        for (role, result), n in out.events.items():
+            m.events_in.labels(role, result).inc(n)
+        m.traces_completed.inc(out.completed)
+        m.traces_expired.inc(out.expired)
+        m.processing_seconds.labels("assemble_batch").observe(out.seconds)
+        sent = [await self._dead_letter(letter) for letter in out.letters]
         items: list[tuple[str, bytes | None]] = []
         refs: dict[str, int] = {}
-        sent: list[asyncio.Future[Any]] = []
-        for sc in await held.scoring:
+        for sc in out.scored if held.scoring is None else await held.scoring:
             sent += await self._publish_scored(sc)
             if sc.scored_json is not None and sc.item_json is not None:
                 items.append((sc.item_json, sc.example_json))
@@ -325,17 +327,18 @@ class StreamsApp:
         lower = {task: ref for task, ref in refs.items() if (cur := self.references.get(task)) is None or ref < cur}
         # straight to the producer (streams.changelog); use_partitioner: the partition follows the key
         await write_many(self.references, lower, self.app.producer)
-        await write_many(self.assembly, held.touched, self.app.producer)
+        await write_many(self.assembly, {k: v[0] for k, v in out.states.items() if v is not None}, self.app.producer)
+        for key, v in out.states.items():
+            if v is None:
+                self._activity.pop(key, None)
+                if key in self.assembly:
+                    del self.assembly[key]
+            else:
+                self._activity[key] = (v[1], v[2])
+        self.stage.written(out.states)
         for event in held.events:  # faust flushes the producer before it commits these offsets
             await stream.ack(event)
-        self.metrics.processing_seconds.labels("finish_batch").observe(time.perf_counter() - t0)
-
-    def _state(self, key: str, touched: dict[str, AssemblyState]) -> AssemblyState | None:
-        """A trace's newest state: this batch's, the held batch's, or the table's."""
-        state = touched.get(key)
-        if state is None and self._held is not None:
-            state = self._held.touched.get(key)
-        return state if state is not None else as_model(AssemblyState, self.assembly.get(key))
+        m.processing_seconds.labels("finish_batch").observe(time.perf_counter() - t0)
 
     async def _send_window_items(self, items: list[tuple[str, bytes | None]]) -> list[asyncio.Future[Any]]:
         """One record per batch (`encode_window_record`), split so that a record stays well under the
@@ -355,87 +358,25 @@ class StreamsApp:
             futures.append(await self._produce(self.windows_name, b"w", encode_window_record(chunk)))
         return futures
 
-    async def _assemble_one(self, event: Any, touched: dict[str, AssemblyState], completed: list[AgentTrace]) -> None:
-        s = self.settings.streams
-        m = self.metrics
-        msg = event.message
-        topic = msg.topic
-        if topic == self.expire_name:
-            await self._expire(event.key.decode() if event.key else "", touched)
-            return
-        model = TraceStepEvent if topic == self.steps_name else TraceOutcomeEvent
-        role = "steps" if model is TraceStepEvent else "outcomes"
-        ev, letter = decode_or_letter(
-            event.value, model, source_topic=topic, partition=msg.partition, offset=msg.offset,
-            key=event.key, service=SERVICE,
-        )
-        if letter is None and ev is not None and event.key != ev.trace_id.encode():
-            # The assembly table is partitioned by trace_id: a step keyed otherwise could land on
-            # another partition than its trace and never meet it.
-            letter = make_dead_letter(
-                event.value, source_topic=topic, partition=msg.partition, offset=msg.offset, key=event.key,
-                kind="key_mismatch", service=SERVICE,
-                # the key itself is not quoted: it is the producer's free text (the letter keeps it)
-                reason=f"record key ({len(event.key or b'')} bytes) is not the trace_id {ev.trace_id!r}",
-            )
-        if letter is not None:
-            m.events_in.labels(role, "dead_letter").inc()
-            await self._dead_letter(letter)
-            return
-        assert ev is not None
-        key = ev.trace_id
-        state = self._state(key, touched)
-        try:
-            if isinstance(ev, TraceStepEvent):
-                res = add_step(state, ev, max_steps=s.max_steps_per_trace)
-            else:
-                res = add_outcome(state, ev, max_steps=s.max_steps_per_trace)
-        except AssemblyError as exc:
-            m.events_in.labels(role, "dead_letter").inc()
-            await self._dead_letter(make_dead_letter(
-                event.value, source_topic=topic, partition=msg.partition, offset=msg.offset, key=event.key,
-                kind=exc.kind, reason=exc.message, service=SERVICE,
-            ))
-            return
-        if res.duplicate:
-            m.events_in.labels(role, "conflict" if res.conflict else "duplicate").inc()
-            return
-        self._ok_counters[role].inc()  # the per-event path: the labelled children looked up once
-        touched[key] = res.state
-        if res.trace is not None:
-            m.traces_completed.inc()
-            completed.append(res.trace)
-
-    async def _expire(self, trace_id: str, touched: dict[str, AssemblyState]) -> None:
-        self._expiring.discard(trace_id)
-        state = self._state(trace_id, touched)
-        if state is None:
-            return
-        now = datetime.now(UTC)
-        if not is_expired(state, now, self.settings.streams.assembly_timeout_s):
-            return  # it moved on since the timer looked
-        if not state.completed:
-            self.metrics.traces_expired.inc()
-            await self._dead_letter(incomplete_dead_letter(state, source_topic=self.steps_name, service=SERVICE))
-        touched.pop(trace_id, None)
-        if self._held is not None:
-            self._held.touched.pop(trace_id, None)
-        if trace_id in self.assembly:
-            del self.assembly[trace_id]
-
     async def _expiry_tick(self) -> None:
         """Find idle traces on this worker's partitions and ask for their expiry (see module doc)."""
-        now = datetime.now(UTC)
+        now = time.time()
         timeout = self.settings.streams.assembly_timeout_s
         open_traces = 0
+        activity: dict[str, tuple[float, bool]] = {}
         for key, value in list(self.assembly.items()):
-            state = as_model(AssemblyState, value)
-            if state is None:
-                continue
-            open_traces += not state.completed
-            if key not in self._expiring and is_expired(state, now, timeout):
+            act = self._activity.get(key)
+            if act is None:  # a state this worker did not write (recovered from the changelog): read it once
+                state = as_model(AssemblyState, value)
+                if state is None:
+                    continue
+                act = (state.updated_at.timestamp(), state.completed)
+            activity[key] = act
+            open_traces += not act[1]
+            if key not in self._expiring and now - act[0] >= timeout:
                 self._expiring.add(key)
                 await self.expire_topic.send(key=key.encode(), value=b"expire")
+        self._activity = activity  # without the traces deleted or moved away since
         self.metrics.assembly_open.set(open_traces)
 
     # -- 2. scoring -----------------------------------------------------------------------------

@@ -4,33 +4,22 @@
   and encoded for its topics: the `ScoredTrace` bytes, the window item, the SFT example's bytes, the
   figures for the metrics and the task's reference after it, as a picklable `Scored`. Pure: the faust
   agent only publishes what it returns.
-- `ScoringPool` — scores chunks in one child process, so that scoring (about half of the worker's own
-  CPU per trace) runs on another core while the event loop assembles the next batch; `ScoringStage`
-  does it in this process. `make_stage(settings)` picks by `streams.scoring` (`auto`: the process when
-  the machine has 2+ cores). In the ingest bench on 2 cores (broker, bench and worker on the same two)
-  the process made rounds ~7% shorter (1.02 vs 1.10 s).
+- `ScoringConfig`, `Job`, `_Chain` — scoring traces in order, each task's reference carried from trace to
+  trace (`streams.batch_work` runs it, in the worker's scoring process by default: `streams.stage`).
 - `WindowItem` / `WindowBatch` / `encode_window_record` / `decode_window_record` — what the assembler
   tells the window agent (its internal topic).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import multiprocessing
-import os
-import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
-from stillflow.broker import die_with_parent
-from stillflow.contracts import AgentTrace, ContractError, Limits, encode, get_limits, set_limits
+from stillflow.contracts import AgentTrace, ContractError, encode, get_limits
 from stillflow.quality.scoring import next_reference
 from stillflow.quality.settings import QualitySettings
 from streams.pairs import PairCandidate
@@ -43,18 +32,12 @@ __all__ = [
     "Job",
     "Scored",
     "ScoringConfig",
-    "ScoringPool",
-    "ScoringStage",
     "WindowBatch",
     "WindowItem",
     "decode_window_record",
     "encode_window_record",
-    "make_stage",
     "score_trace",
 ]
-
-log = logging.getLogger(__name__)
-_MAX_REMEMBERED = 65_536  # tasks whose reference a stage carries over (then it starts again)
 DIMENSIONS = ("correctness", "efficiency", "tool_selection", "safety", "reasoning_quality", "overall")
 
 
@@ -166,9 +149,6 @@ def score_trace(pipeline: TracePipeline, trace: AgentTrace, *, reference_steps: 
                   errors=tuple(errors), seconds=time.perf_counter() - t0)
 
 
-# -- running it: in this process, or in one child process beside the event loop ---------------------
-
-
 @dataclass(frozen=True)
 class ScoringConfig:
     """What scoring needs from the settings, in a form a child process can be given."""
@@ -203,9 +183,10 @@ class Job:
 
 @dataclass
 class _Chain:
-    """Scores jobs in order and remembers each task's reference from trace to trace: a trace handed over
-    before the previous ones were published sees what they lowered it to (a reference only goes down, so
-    the lower of the table's value and this one is what scoring one after another would have used)."""
+    """Scores jobs in order and remembers each task's reference from trace to trace (`refs`: seeded from the
+    `references` table, then lowered by the traces scored here): a trace scored before the previous ones were
+    published sees what they lowered it to. A reference only goes down, so with a job's own reference the
+    lower of the two is what scoring one after another would have used."""
 
     config: ScoringConfig
     pipeline: TracePipeline
@@ -221,138 +202,6 @@ class _Chain:
             s = score_trace(self.pipeline, job.trace, reference_steps=ref, reasoning_quality=job.reasoning_quality,
                             window_size_s=self.config.window_size_s)
             if s.reference is not None:
-                if len(self.refs) >= _MAX_REMEMBERED and task not in self.refs:
-                    self.refs.clear()  # the table keeps every value; only the carrying over starts again
                 self.refs[task] = s.reference
             out.append(s)
         return out
-
-
-class ScoringStage:
-    """Scores in this process (one core, or `streams.scoring=inline`): `submit` returns a finished future."""
-
-    def __init__(self, config: ScoringConfig) -> None:
-        self.config = config
-        self._chain = _Chain(config, config.pipeline())
-
-    def start(self) -> None:
-        pass
-
-    def submit(self, jobs: list[Job]) -> asyncio.Future[list[Scored]]:
-        fut: asyncio.Future[list[Scored]] = asyncio.get_running_loop().create_future()
-        fut.set_result(self._chain.run(jobs))
-        return fut
-
-    def close(self) -> None:
-        pass
-
-
-_child: _Chain | None = None
-
-
-def _child_init(config: ScoringConfig, parent: int) -> None:
-    global _child
-    # Ctrl-C reaches the whole process group: the worker stops its child itself (closing the pool)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A worker killed with -9 closes nothing: without this its child would wait on the pool's queue forever
-    # (it holds a write end of that pipe itself, so it never reads EOF).
-    die_with_parent()
-    if os.getppid() != parent:  # the worker died before the line above
-        os._exit(0)
-    set_limits(Limits(*config.limits))
-    _child = _Chain(config, config.pipeline())
-
-
-def _child_run(payload: list[tuple[str, int | None, float | None]]) -> list[Scored]:
-    if _child is None:
-        raise RuntimeError("the scoring process was not initialised")
-    return _child.run([Job(AgentTrace.model_validate_json(raw), ref, rq) for raw, ref, rq in payload])
-
-
-def _child_ping() -> bool:
-    return _child is not None
-
-
-class ScoringPool:
-    """Scores in one child process (spawned: the worker has threads, which fork does not copy), so that
-    scoring runs beside the event loop; chunks are taken in order, which keeps `_Chain`'s references right.
-
-    Traces go over as JSON and come back as `Scored`; one chunk at a time. If the child dies, or takes
-    longer than `timeout_s` over a chunk (it is then killed), the chunk is scored again in a new one; if that
-    fails too, this chunk and all later ones are scored in the worker (logged): a crash there never loses a
-    trace, and a child that cannot live is not restarted for every chunk."""
-
-    def __init__(self, config: ScoringConfig, *, timeout_s: float = 120.0) -> None:
-        self.config = config
-        self.timeout_s = timeout_s
-        self._executor: ProcessPoolExecutor | None = None
-        self._inline: ScoringStage | None = None
-        self._one_at_a_time = asyncio.Lock()  # chunks in order, and one executor torn down once
-        self.restarts = 0
-
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_child_init, initargs=(self.config, os.getpid()))
-
-    def start(self) -> None:
-        """Start the child now (its imports take a second or two), not on the first chunk."""
-        if self._executor is None and self._inline is None:
-            self._executor = self._new_executor()
-            self._executor.submit(_child_ping)
-
-    def submit(self, jobs: list[Job]) -> asyncio.Future[list[Scored]]:
-        return asyncio.ensure_future(self._score(jobs))
-
-    async def _score(self, jobs: list[Job]) -> list[Scored]:
-        if not jobs:
-            return []
-        payload = [(j.trace.model_dump_json(), j.reference_steps, j.reasoning_quality) for j in jobs]
-        async with self._one_at_a_time:
-            loop = asyncio.get_running_loop()
-            for attempt in (1, 2):
-                if self._inline is not None:
-                    break
-                if self._executor is None:
-                    self._executor = self._new_executor()
-                try:
-                    return await asyncio.wait_for(loop.run_in_executor(self._executor, _child_run, payload),
-                                                  self.timeout_s)
-                except (BrokenProcessPool, TimeoutError) as exc:
-                    self.restarts += 1
-                    why = "died" if isinstance(exc, BrokenProcessPool) else f"took over {self.timeout_s:g} s"
-                    log.error("the scoring process %s; %s", why,
-                              "starting another" if attempt == 1 else "scoring in the worker from now on")
-                    self._kill()
-            if self._inline is None:
-                self._inline = ScoringStage(self.config)
-            return self._inline._chain.run(jobs)
-
-    def _kill(self) -> None:
-        ex, self._executor = self._executor, None
-        if ex is None:
-            return
-        for proc in list((getattr(ex, "_processes", None) or {}).values()):
-            if proc.is_alive():
-                proc.kill()  # a hung child would otherwise hold the pool (and its chunk) forever
-        ex.shutdown(wait=False, cancel_futures=True)
-
-    def close(self) -> None:
-        self._kill()
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity; a container's CPU quota is not seen)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def make_stage(settings: StreamsSettings) -> ScoringStage | ScoringPool:
-    """`streams.scoring`: `process`, `inline`, or `auto` (a process when the machine has 2+ cores)."""
-    mode = settings.streams.scoring
-    if mode == "auto":
-        mode = "process" if _usable_cpus() >= 2 else "inline"
-    config = ScoringConfig.from_settings(settings)
-    return ScoringPool(config, timeout_s=settings.streams.scoring_timeout_s) if mode == "process" \
-        else ScoringStage(config)

@@ -50,8 +50,8 @@ class StreamsSection(_Section):
     # assembly
     assembly_timeout_s: float = Field(default=300.0, gt=0, description="idle time before an incomplete trace expires")
     max_steps_per_trace: int = Field(default=512, gt=0, description="more steps is an error (dead-lettered)")
-    # where completed traces are scored: `process` (one child process, beside the event loop), `inline`,
-    # or `auto` (a process when the machine has 2+ cores); see streams.score_stage
+    # where a batch is decoded, assembled and its completed traces scored: `process` (one child process,
+    # beside the event loop), `inline`, or `auto` (a process when the machine has 2+ cores); see streams.stage
     scoring: Literal["auto", "process", "inline"] = "auto"
     scoring_timeout_s: float = Field(
         default=120.0, gt=0, description="a scoring process that takes longer over one batch is replaced"

@@ -3,7 +3,9 @@
 Pydantic's own JSON serialiser for models and lists of models, stdlib JSON for the rest. Faust's
 default JSON codec would call `__json__` (`model_dump`) and then encode the dict in Python: about
 four times slower on an assembly state, and the changelog write is once per touched trace per batch.
-Reading gives plain JSON values back (`streams.tables.as_model` turns them into models).
+Bytes are taken as JSON already encoded: the assembler's states come from its batch work encoded
+(`streams.batch_work.encode_state`), and the table stores those bytes. Reading gives plain JSON values
+back (`streams.tables.as_model` turns them, and such bytes, into models).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ TABLE_CODEC = "stillflow-table"
 
 class _TableCodec(codecs.Codec):
     def _dumps(self, obj: Any) -> bytes:
+        if isinstance(obj, bytes):
+            return obj
         if isinstance(obj, BaseModel):
             return obj.model_dump_json().encode()
         if isinstance(obj, list) and obj and all(isinstance(x, BaseModel) for x in obj):

@@ -22,7 +22,9 @@ class TableModel(BaseModel):
 
 
 def as_model(cls: type[M], value: object) -> M | None:
-    """`value` as stored: the model itself, a dict from the changelog, or None."""
+    """`value` as stored: the model itself, a dict from the changelog, its JSON bytes, or None."""
     if value is None or isinstance(value, cls):
         return value
+    if isinstance(value, bytes):
+        return cls.model_validate_json(value)
     return cls.model_validate(value)

@@ -5,8 +5,8 @@
   bytes and key (unless too large to copy);
 - `TypedConsumer.handle` / `DeadLetterSink.send` with a recording producer: never raises, one letter
   per bad record;
-- the stream's per-record path, mirrored from `streams/app.py` (`_assemble_one` then `_score`): decode
-  or dead-letter, key check, assembly, score/gate/format/redact and encode what would be published.
+- the stream's per-record path, `streams.batch_work.BatchWork` as the app runs it: decode or dead-letter,
+  key check, assembly, score/gate/format/redact and encode what would be published.
   Valid traces interleaved with bad records and with contract-valid but awkward events complete
   exactly once, unchanged (no effect on valid traffic), and nothing raises.
 """
@@ -24,9 +24,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stillflow.contracts import (
-    ContractError,
     DeadLetter,
     Limits,
+    ScoredTrace,
+    SFTExample,
     TraceOutcomeEvent,
     TraceStepEvent,
     decode,
@@ -34,11 +35,11 @@ from stillflow.contracts import (
     get_limits,
     set_limits,
 )
-from stillflow.dlq import DeadLetterSink, TypedConsumer, decode_or_letter, encode_letter, make_dead_letter
-from streams.assembly import AssemblyError, AssemblyState, add_outcome, add_step
-from streams.pipeline import TracePipeline
+from stillflow.dlq import DeadLetterSink, TypedConsumer, decode_or_letter, encode_letter
+from streams.assembly import AssemblyState
+from streams.batch_work import BatchIn, BatchWork, Record, WorkConfig
+from streams.score_stage import Job
 from streams.settings import StreamsSettings
-from streams.windows import window_end_for, window_start_for
 from tests.fuzz_counts import count
 from tests.fuzz_inputs import (  # noqa: F401 - small_limits: a fixture
     FUZZ,
@@ -55,8 +56,8 @@ from tests.helpers import make_trace
 LIMITS = FUZZ_LIMITS
 STEP_BASE = encode(TraceStepEvent(trace_id="t1", task_id="k1", seq=0, step={"step_type": "reasoning", "content": "x"}))
 OUTCOME_BASE = encode(TraceOutcomeEvent.from_trace(make_trace(1, 3), include_steps=False))
-ASSEMBLY_KINDS = {"too_many_steps", "seq_out_of_range", "trace_mismatch"}
-PIPELINE = TracePipeline.from_settings(StreamsSettings())
+LETTER_KINDS = set(KINDS) | {"too_many_steps", "seq_out_of_range", "trace_mismatch", "key_mismatch", "empty"}
+WORK_CONFIG = WorkConfig.from_settings(StreamsSettings())
 
 pytestmark = pytest.mark.usefixtures("small_limits")
 
@@ -151,58 +152,34 @@ def test_typed_consumer_letters_each_bad_record_once(values) -> None:
 
 
 class StreamPath:
-    """What `streams/app.py` does per source record, without faust (keep in step with `_assemble_one`)."""
+    """What the streams app hands its batch work for each source record (`streams.batch_work.BatchWork`, one
+    record per batch), and what it publishes for the result, encoded as the app does."""
 
     def __init__(self) -> None:
-        self.states: dict[str, AssemblyState] = {}
+        self.work = BatchWork(WORK_CONFIG)
         self.letters: list[tuple[bytes | None, DeadLetter]] = []
         self.completed: dict[str, int] = {}
         self.traces: dict[str, Any] = {}
 
     def feed(self, key: bytes | None, value: bytes | None, role: str) -> None:
         count(f"stream path[{role}]")
-        model = TraceStepEvent if role == "steps" else TraceOutcomeEvent
-        ev, letter = decode_or_letter(value, model, source_topic=role, partition=0, offset=0, key=key,
-                                      service="streams")
-        if letter is None and ev is not None and key != ev.trace_id.encode():
-            letter = make_dead_letter(value, source_topic=role, key=key, kind="key_mismatch", service="streams",
-                                      reason=f"record key ({len(key or b'')} bytes) is not the trace_id {ev.trace_id!r}")
-        if letter is not None:
-            self._letter(key, letter)
-            return
-        assert ev is not None
-        state = self.states.get(ev.trace_id)
-        try:
-            res = add_step(state, ev) if isinstance(ev, TraceStepEvent) else add_outcome(state, ev)
-        except AssemblyError as exc:
-            assert exc.kind in ASSEMBLY_KINDS
-            self._letter(key, make_dead_letter(value, source_topic=role, key=key, kind=exc.kind, reason=exc.message,
-                                               service="streams"))
-            return
-        if res.duplicate:
-            return
-        self.states[ev.trace_id] = res.state
-        json.dumps(res.state.__json__())  # the table's changelog codec
-        if res.trace is not None:
-            self._score(res.trace)
-
-    def _letter(self, key: bytes | None, letter: DeadLetter) -> None:
-        decode(encode_letter(letter), DeadLetter)
-        self.letters.append((key, letter))
-
-    def _score(self, trace: Any) -> None:
-        start = window_start_for(trace.timestamp, 60)
-        window_end_for(start, 60)
-        p = PIPELINE.process(trace, window_start=start)
-        try:
-            encode(p.scored)
-        except ContractError as exc:  # app.py dead-letters a scored trace over the size limit
-            assert exc.kind == "oversize"
-        if p.example is not None:
-            encode(p.example)
-        p.candidate.model_dump_json()
-        self.completed[trace.trace_id] = self.completed.get(trace.trace_id, 0) + 1
-        self.traces[trace.trace_id] = trace
+        # unscored first (the LLM judge's path), then scored: both halves of the work
+        out = self.work.run(BatchIn([Record(role, role, 0, 0, key, value)], score=False))
+        for letter in out.letters:
+            assert letter.kind in LETTER_KINDS, letter.kind
+            decode(encode_letter(letter), DeadLetter)
+            self.letters.append((key, letter))
+        for raw, _, _ in (v for v in out.states.values() if v is not None):
+            AssemblyState.model_validate_json(raw)  # the table's changelog value reads back
+        for trace, sc in zip(out.traces, self.work.score([Job(t) for t in out.traces]), strict=True):
+            for kind, _ in sc.errors:  # the app dead-letters a scored trace or example over the size limit
+                assert kind == "oversize"
+            if sc.scored_json is not None:
+                decode(sc.scored_json, ScoredTrace)
+            if sc.example_json is not None:
+                decode(sc.example_json, SFTExample)
+            self.completed[trace.trace_id] = self.completed.get(trace.trace_id, 0) + 1
+            self.traces[trace.trace_id] = trace
 
 
 def _trace_records(i: int) -> list[tuple[bytes, bytes, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -14,15 +13,10 @@ from stillflow.contracts import Limits, ScoredTrace, SFTExample, decode, get_lim
 from streams.pipeline import TracePipeline
 from streams.score_stage import (
     DIMENSIONS,
-    Job,
-    ScoringConfig,
-    ScoringPool,
-    ScoringStage,
     WindowBatch,
     WindowItem,
     decode_window_record,
     encode_window_record,
-    make_stage,
     score_trace,
 )
 from streams.settings import StreamsSettings
@@ -130,148 +124,3 @@ def test_window_items_keep_the_window_of_their_trace(pipeline) -> None:
     for sc in scored:
         item = WindowItem.model_validate_json(sc.item_json)
         assert decode(sc.example_json, SFTExample).window_start == window_start_for(item.event_time, 60)
-
-
-def _same(a: list, b: list) -> bool:
-    return [{**x.__dict__, "seconds": 0} for x in a] == [{**x.__dict__, "seconds": 0} for x in b]
-
-
-async def _run(stage, traces, chunk: int) -> list:
-    futures = [stage.submit([Job(t) for t in traces[i:i + chunk]]) for i in range(0, len(traces), chunk)]
-    return [sc for f in futures for sc in await f]
-
-
-async def test_the_scoring_process_gives_what_scoring_here_gives(traces) -> None:
-    config = ScoringConfig.from_settings(StreamsSettings())
-    here = [score for chunk in [await ScoringStage(config).submit([Job(t) for t in traces])] for score in chunk]
-    pool = ScoringPool(config)
-    pool.start()
-    try:
-        # chunks in flight at once, none of them told the references the earlier ones set
-        there = await _run(pool, traces, chunk=7)
-    finally:
-        pool.close()
-    assert _same(here, there)
-    # and both are what scoring one after another with the table's references gives
-    refs: dict[str, int] = {}
-    sequential = []
-    for t in traces:
-        sc = score_trace(ScoringConfig.from_settings(StreamsSettings()).pipeline(), t,
-                         reference_steps=refs.get(t.task_id))
-        if sc.reference is not None:
-            refs[t.task_id] = sc.reference
-        sequential.append(sc)
-    assert _same(sequential, here)
-    assert any(t.task_id in refs for t in traces)
-
-
-async def test_a_scoring_process_that_dies_is_replaced_without_losing_a_chunk(traces) -> None:
-    import os
-    import signal
-
-    pool = ScoringPool(ScoringConfig.from_settings(StreamsSettings()))
-    pool.start()
-    try:
-        first = await pool.submit([Job(traces[0])])
-        for proc in list(pool._executor._processes.values()):  # the child, as a crash would
-            os.kill(proc.pid, signal.SIGKILL)
-        again = await pool.submit([Job(t) for t in traces[:5]])
-    finally:
-        pool.close()
-    assert pool.restarts == 1
-    assert [sc.trace_id for sc in again] == [t.trace_id for t in traces[:5]]
-    assert _same(first, again[:1])
-
-
-def test_auto_scoring_is_a_process_with_two_cores(monkeypatch) -> None:
-    monkeypatch.setattr("streams.score_stage._usable_cpus", lambda: 2)
-    assert isinstance(make_stage(StreamsSettings()), ScoringPool)
-    monkeypatch.setattr("streams.score_stage._usable_cpus", lambda: 1)
-    assert isinstance(make_stage(StreamsSettings()), ScoringStage)
-    monkeypatch.setenv("STILLFLOW_STREAMS__SCORING", "inline")
-    monkeypatch.setattr("streams.score_stage._usable_cpus", lambda: 8)
-    assert isinstance(make_stage(StreamsSettings()), ScoringStage)
-
-
-async def test_a_hung_scoring_process_is_replaced(traces) -> None:
-    pool = ScoringPool(ScoringConfig.from_settings(StreamsSettings()), timeout_s=1.0)
-    pool.start()
-    try:
-        await pool.submit([Job(traces[0])])
-        import os
-        import signal
-
-        for proc in list(pool._executor._processes.values()):  # as if stuck forever
-            os.kill(proc.pid, signal.SIGSTOP)
-        got = await pool.submit([Job(t) for t in traces[:3]])
-    finally:
-        pool.close()
-    assert pool.restarts == 1 and [sc.trace_id for sc in got] == [t.trace_id for t in traces[:3]]
-
-
-async def test_two_chunks_in_flight_when_the_process_dies_are_both_scored(traces) -> None:
-    import os
-    import signal
-
-    pool = ScoringPool(ScoringConfig.from_settings(StreamsSettings()))
-    pool.start()
-    try:
-        await pool.submit([Job(traces[0])])
-        a = pool.submit([Job(t) for t in traces[:20]])
-        b = pool.submit([Job(t) for t in traces[20:40]])
-        await asyncio.sleep(0.05)
-        for proc in list((pool._executor._processes if pool._executor else {}).values()):
-            os.kill(proc.pid, signal.SIGKILL)
-        got = (await a) + (await b)
-    finally:
-        pool.close()
-    assert [sc.trace_id for sc in got] == [t.trace_id for t in traces[:40]]
-    assert pool.restarts <= 1 and pool._inline is None
-
-
-def test_the_scoring_process_dies_with_a_killed_worker() -> None:
-    """A worker killed with -9 closes nothing; its child must not stay behind waiting on the pool's queue."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    code = (
-        "import asyncio\n"
-        "from streams.settings import StreamsSettings\n"
-        "from streams.score_stage import ScoringConfig, ScoringPool\n"
-        "async def main():\n"
-        "    pool = ScoringPool(ScoringConfig.from_settings(StreamsSettings()))\n"
-        "    pool.start()\n"
-        "    await pool.submit([])\n"
-        "    while not pool._executor._processes:\n"
-        "        await asyncio.sleep(0.05)\n"
-        "    print(' '.join(str(p) for p in pool._executor._processes), flush=True)\n"
-        "    await asyncio.sleep(60)\n"
-        "if __name__ == '__main__':\n"
-        "    asyncio.run(main())\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    try:
-        children = [int(x) for x in proc.stdout.readline().split()]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert children
-
-    def alive(pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-        except FileNotFoundError:
-            return False
-
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [pid for pid in children if alive(pid)]
-    for pid in left:  # do not leave it behind for the rest of the run
-        os.kill(pid, signal.SIGKILL)
-    assert not left, "the scoring process outlived its worker"

@@ -1,0 +1,260 @@
+"""Where the assembler's batch work (`streams.batch_work.BatchWork`) runs: in one child process beside the
+event loop (`ProcessStage`), or in the worker (`InlineStage`); `make_stage(settings)` picks by
+`streams.scoring` (`auto`: the process when this process may use 2+ CPUs).
+
+Both keep the books that let `BatchWork` hold the assembly states between batches:
+- `known` — the traces whose state the work holds now; a batch carries the states of the others it names,
+  looked up in `overlay` (results not yet written to the table) and then the table (`bind`);
+- `forget()` after a rebalance: the work drops what it holds and the table is the truth again; the
+  `references` table is sent again too (it is also sent to a new child).
+Batches run one at a time, in the order submitted (an asyncio lock), each built when its turn comes, so that
+it sees every state the batch before it produced.
+
+The process: spawned (the worker has threads, which fork does not copy), ignores SIGINT (the worker stops
+it) and dies with its worker. If it dies, or takes longer than `timeout_s` over a batch (it is then killed),
+the batch runs again in a new one; if that fails too, this batch and all later ones run in the worker
+(logged): a crash there never loses a trace, and a child that cannot live is not restarted for every batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from stillflow.broker import die_with_parent
+from stillflow.contracts import AgentTrace, Limits, set_limits
+from streams.batch_work import BatchIn, BatchOut, BatchWork, Record, WorkConfig, held_keys, lookup_states
+from streams.score_stage import Job, Scored
+from streams.settings import StreamsSettings
+
+__all__ = ["InlineStage", "ProcessStage", "make_stage"]
+
+log = logging.getLogger(__name__)
+
+
+class _Stage:
+    def __init__(self, config: WorkConfig) -> None:
+        self.config = config
+        self.known: set[str] = set()
+        self.overlay: dict[str, bytes | None] = {}  # trace_id -> encoded state (None: deleted), not yet written
+        self._forget_due = False
+        self._seed_due = True
+        self._table_value: Callable[[str], Any] = lambda key: None
+        self._references: Callable[[], dict[str, int]] = dict
+        self._order = asyncio.Lock()
+
+    def bind(self, table_value: Callable[[str], Any], references: Callable[[], dict[str, int]]) -> None:
+        """Where states and references come from: the assembly table's value for a key, the references table."""
+        self._table_value, self._references = table_value, references
+
+    def forget(self) -> None:
+        self._forget_due = self._seed_due = True
+
+    def written(self, states: Mapping[str, tuple[bytes, float, bool] | None]) -> None:
+        """These results are in the table now: the overlay no longer needs them (unless changed since)."""
+        for k, v in states.items():
+            if k in self.overlay and self.overlay[k] is (None if v is None else v[0]):
+                del self.overlay[k]
+
+    def run(self, records: list[Record], *, score: bool = True) -> asyncio.Future[BatchOut]:
+        return asyncio.ensure_future(self._run(records, score))
+
+    def score(self, jobs: list[Job]) -> asyncio.Future[list[Scored]]:
+        return asyncio.ensure_future(self._score(jobs))
+
+    async def _run(self, records: list[Record], score: bool) -> BatchOut:
+        async with self._order:
+            keys = held_keys(records)
+
+            def build(fresh: bool) -> BatchIn:
+                forget = fresh or self._forget_due
+                if forget:
+                    self.known.clear()
+                refs = self._references() if (fresh or self._seed_due) else None
+                return BatchIn(records, lookup_states(keys, self.known, self._table_value, self.overlay),
+                               forget=forget, references=refs, score=score)
+
+            batch, out = await self._call_run(build)
+            self._forget_due = self._seed_due = False
+            self.known |= batch.states.keys()
+            for k, v in out.states.items():
+                if v is None:
+                    self.known.discard(k)
+                    self.overlay[k] = None
+                else:
+                    self.known.add(k)
+                    self.overlay[k] = v[0]
+            return out
+
+    async def _score(self, jobs: list[Job]) -> list[Scored]:
+        if not jobs:
+            return []
+        async with self._order:
+            scored = await self._call_score(jobs, lambda fresh: self._references() if (fresh or self._seed_due)
+                                            else None)
+            self._seed_due = False
+            return scored
+
+    async def _call_run(self, build: Callable[[bool], BatchIn]) -> tuple[BatchIn, BatchOut]:
+        raise NotImplementedError
+
+    async def _call_score(self, jobs: list[Job], seed: Callable[[bool], dict[str, int] | None]) -> list[Scored]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class InlineStage(_Stage):
+    """The batch work in this process (one core, or `streams.scoring=inline`)."""
+
+    def __init__(self, config: WorkConfig, work: BatchWork | None = None) -> None:
+        super().__init__(config)
+        self.work = work or BatchWork(config)
+
+    async def _call_run(self, build: Callable[[bool], BatchIn]) -> tuple[BatchIn, BatchOut]:
+        batch = build(False)
+        return batch, self.work.run(batch)
+
+    async def _call_score(self, jobs: list[Job], seed: Callable[[bool], dict[str, int] | None]) -> list[Scored]:
+        refs = seed(False)
+        if refs is not None:
+            self.work.chain.refs = dict(refs)
+        return self.work.score(jobs)
+
+
+_child: BatchWork | None = None
+
+
+def _child_init(config: WorkConfig, parent: int) -> None:
+    global _child
+    # Ctrl-C reaches the whole process group: the worker stops its child itself (closing the pool)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker killed with -9 closes nothing: without this its child would wait on the pool's queue forever
+    # (it holds a write end of that pipe itself, so it never reads EOF).
+    die_with_parent()
+    if os.getppid() != parent:  # the worker died before the line above
+        os._exit(0)
+    set_limits(Limits(*config.scoring.limits))
+    _child = BatchWork(config)
+
+
+def _the_child() -> BatchWork:
+    if _child is None:
+        raise RuntimeError("the scoring process was not initialised")
+    return _child
+
+
+def _child_run(batch: BatchIn) -> BatchOut:
+    return _the_child().run(batch)
+
+
+def _child_score(refs: dict[str, int] | None, payload: list[tuple[str, int | None, float | None]]) -> list[Scored]:
+    work = _the_child()
+    if refs is not None:
+        work.chain.refs = dict(refs)
+    # traces go over as JSON: pickling pydantic models is slower than their JSON both ways
+    return work.score([Job(AgentTrace.model_validate_json(raw), ref, rq) for raw, ref, rq in payload])
+
+
+def _child_ping() -> bool:
+    return _child is not None
+
+
+class ProcessStage(_Stage):
+    """The batch work in one child process (see the module doc)."""
+
+    def __init__(self, config: WorkConfig, *, timeout_s: float = 120.0) -> None:
+        super().__init__(config)
+        self.timeout_s = timeout_s
+        self._executor: ProcessPoolExecutor | None = None
+        self._inline: InlineStage | None = None
+        self.restarts = 0
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_child_init, initargs=(self.config, os.getpid()))
+
+    def start(self) -> None:
+        """Start the child now (its imports take a second or two), not on the first batch."""
+        if self._executor is None and self._inline is None:
+            self._executor = self._new_executor()
+            self._executor.submit(_child_ping)
+
+    async def _in_child(self, fn: Callable[..., Any], make_args: Callable[[bool], tuple[Any, ...]]) -> Any:
+        """`fn(*make_args(fresh))` in the child, again in a new child if it dies or hangs; None: it could not."""
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            if self._inline is not None:
+                return None
+            fresh = self._executor is None
+            if fresh:
+                self._executor = self._new_executor()
+            args = make_args(fresh)
+            try:
+                return args, await asyncio.wait_for(loop.run_in_executor(self._executor, fn, *args), self.timeout_s)
+            except (BrokenProcessPool, TimeoutError) as exc:
+                self.restarts += 1
+                why = "died" if isinstance(exc, BrokenProcessPool) else f"took over {self.timeout_s:g} s"
+                log.error("the scoring process %s; %s", why,
+                          "starting another" if attempt == 1 else "scoring in the worker from now on")
+                self._kill()
+        self._inline = InlineStage(self.config)
+        self._forget_due = self._seed_due = True  # the work in this process holds nothing yet
+        return None
+
+    async def _call_run(self, build: Callable[[bool], BatchIn]) -> tuple[BatchIn, BatchOut]:
+        got = await self._in_child(_child_run, lambda fresh: (build(fresh),))
+        if got is None:
+            assert self._inline is not None
+            return await self._inline._call_run(build)
+        (batch,), out = got
+        return batch, out
+
+    async def _call_score(self, jobs: list[Job], seed: Callable[[bool], dict[str, int] | None]) -> list[Scored]:
+        payload = [(j.trace.model_dump_json(), j.reference_steps, j.reasoning_quality) for j in jobs]
+        got = await self._in_child(_child_score, lambda fresh: (seed(fresh), payload))
+        if got is None:
+            assert self._inline is not None
+            return await self._inline._call_score(jobs, seed)
+        return got[1]
+
+    def _kill(self) -> None:
+        ex, self._executor = self._executor, None
+        if ex is None:
+            return
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            if proc.is_alive():
+                proc.kill()  # a hung child would otherwise hold the pool (and its batch) forever
+        ex.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self._kill()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity; a container's CPU quota is not seen)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def make_stage(settings: StreamsSettings) -> InlineStage | ProcessStage:
+    """`streams.scoring`: `process`, `inline`, or `auto` (a process when this process may use 2+ CPUs)."""
+    mode = settings.streams.scoring
+    if mode == "auto":
+        mode = "process" if _usable_cpus() >= 2 else "inline"
+    config = WorkConfig.from_settings(settings)
+    return ProcessStage(config, timeout_s=settings.streams.scoring_timeout_s) if mode == "process" \
+        else InlineStage(config)

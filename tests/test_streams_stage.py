@@ -1,0 +1,244 @@
+"""`streams.stage`: the batch work in a child process or in the worker, states handed over between batches,
+and a child that dies or hangs (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from datetime import UTC, datetime
+
+import pytest
+
+from sim.policies import make_policy
+from sim.runner import iter_offline
+from streams.batch_work import WorkConfig
+from streams.score_stage import Job
+from streams.settings import StreamsSettings
+from streams.stage import InlineStage, ProcessStage, make_stage
+from tests.test_streams_batch_work import _same, records_of
+
+START = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def traces():
+    return list(iter_offline(60, make_policy("teacher"), seed=11, start=START, rate=20.0))
+
+
+@pytest.fixture(scope="module")
+def records(traces):
+    out = [r for t in traces for r in records_of(t)]
+    random.Random(7).shuffle(out)  # traces interleaved: most of them span several batches
+    return out
+
+
+def config() -> WorkConfig:
+    return WorkConfig.from_settings(StreamsSettings())
+
+
+class _App:
+    """What the streams app does with a stage: a table it writes each result to once it is finished."""
+
+    def __init__(self, stage) -> None:
+        self.stage = stage
+        self.table: dict[str, bytes] = {}
+        self.refs: dict[str, int] = {}
+        stage.bind(self.table.get, lambda: dict(self.refs))
+
+    def finish(self, out) -> None:
+        for k, v in out.states.items():
+            if v is None:
+                self.table.pop(k, None)
+            else:
+                self.table[k] = v[0]
+        for sc in out.scored:
+            if sc.reference is not None:
+                self.refs[sc.task_id] = min(sc.reference, self.refs.get(sc.task_id, sc.reference))
+        self.stage.written(out.states)
+
+
+async def _run_all(app: _App, records, chunk: int, in_flight: int = 2, between=None) -> list:
+    """Batches submitted ahead of their finishing, as the app holds one while it takes the next."""
+    futures = [app.stage.run(records[i:i + chunk]) for i in range(0, len(records), chunk)]
+    scored = []
+    for n, f in enumerate(futures):
+        out = await f
+        app.finish(out)
+        scored += out.scored
+        if between is not None:
+            await between(n)
+    return scored
+
+
+async def test_the_process_gives_what_the_worker_gives(records) -> None:
+    here = await _run_all(_App(InlineStage(config())), records, chunk=23)
+    stage = ProcessStage(config())
+    stage.start()
+    try:
+        there = await _run_all(_App(stage), records, chunk=23)
+    finally:
+        stage.close()
+    assert len(here) == 60 and _same(here, there)
+
+
+def _kill_child(stage: ProcessStage, sig: int = signal.SIGKILL) -> None:
+    for proc in list((stage._executor._processes if stage._executor else {}).values()):
+        os.kill(proc.pid, sig)
+
+
+async def test_a_child_that_dies_is_replaced_and_given_the_states_it_held(records) -> None:
+    here = await _run_all(_App(InlineStage(config())), records, chunk=23)
+    stage = ProcessStage(config())
+    stage.start()
+
+    async def kill(n: int) -> None:
+        if n == 3:
+            _kill_child(stage)
+
+    try:
+        there = await _run_all(_App(stage), records, chunk=23, between=kill)
+    finally:
+        stage.close()
+    assert stage.restarts == 1 and stage._inline is None
+    assert _same(here, there)  # nothing lost, nothing twice, the same references
+
+
+async def test_after_forget_the_table_is_the_truth(records, traces) -> None:
+    app = _App(InlineStage(config()))
+    half = len(records) // 2
+    scored = await _run_all(app, records[:half], chunk=50)
+    app.stage.work.states.clear()  # as if the work had lost what it held: only the table has it now
+    app.stage.forget()
+    scored += await _run_all(app, records[half:], chunk=50)
+    assert sorted(sc.trace_id for sc in scored) == sorted(t.trace_id for t in traces)
+
+
+async def test_a_hung_child_is_replaced(records) -> None:
+    stage = ProcessStage(config(), timeout_s=1.0)
+    stage.start()
+    app = _App(stage)
+    try:
+        app.finish(await stage.run(records[:10]))
+        _kill_child(stage, signal.SIGSTOP)  # as if stuck forever
+        app.finish(await stage.run(records[10:]))
+    finally:
+        stage.close()
+    assert stage.restarts == 1 and len(app.table) == 60
+
+
+async def test_two_batches_in_flight_when_the_child_dies_are_both_done(records, traces) -> None:
+    stage = ProcessStage(config())
+    stage.start()
+    app = _App(stage)
+    try:
+        app.finish(first := await stage.run(records[:5]))
+        a = stage.run(records[5:200])
+        b = stage.run(records[200:])
+        await asyncio.sleep(0.05)
+        _kill_child(stage)
+        outs = [first, await a, await b]
+    finally:
+        stage.close()
+    assert sorted(sc.trace_id for o in outs for sc in o.scored) == sorted(t.trace_id for t in traces)
+    assert stage.restarts <= 1 and stage._inline is None
+
+
+async def test_a_child_that_cannot_live_leaves_the_work_to_the_worker(records, monkeypatch) -> None:
+    stage = ProcessStage(config())
+    app = _App(stage)
+    done = 0
+    app.finish(out := await stage.run(records[:100]))
+    done += out.completed
+    monkeypatch.setattr(stage, "_new_executor", lambda: _broken_executor())
+    _kill_child(stage)
+    for i in range(100, len(records), 100):
+        app.finish(out := await stage.run(records[i:i + 100]))
+        done += out.completed
+    stage.close()
+    assert stage._inline is not None and stage.restarts == 2 and done == 60
+
+
+def _broken_executor():
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    class Broken(ProcessPoolExecutor):
+        def __init__(self) -> None:
+            super().__init__(max_workers=1)
+
+        def submit(self, *a, **k):
+            raise BrokenProcessPool("cannot start")
+
+    return Broken()
+
+
+async def test_judged_traces_are_scored_in_order_with_the_references(traces, records) -> None:
+    stage = ProcessStage(config())
+    try:
+        out = await stage.run(records, score=False)
+        assert out.scored == [] and len(out.traces) == 60
+        scored = await stage.score([Job(t, None, 0.5) for t in out.traces])
+    finally:
+        stage.close()
+    here = (await InlineStage(config()).run(records)).scored
+    assert [sc.trace_id for sc in scored] == [sc.trace_id for sc in here]
+    assert [sc.reference for sc in scored] == [sc.reference for sc in here]
+
+
+def test_auto_is_a_process_with_two_cores(monkeypatch) -> None:
+    monkeypatch.setattr("streams.stage._usable_cpus", lambda: 2)
+    assert isinstance(make_stage(StreamsSettings()), ProcessStage)
+    monkeypatch.setattr("streams.stage._usable_cpus", lambda: 1)
+    assert isinstance(make_stage(StreamsSettings()), InlineStage)
+    monkeypatch.setenv("STILLFLOW_STREAMS__SCORING", "inline")
+    monkeypatch.setattr("streams.stage._usable_cpus", lambda: 8)
+    assert isinstance(make_stage(StreamsSettings()), InlineStage)
+
+
+def test_the_child_dies_with_a_killed_worker() -> None:
+    """A worker killed with -9 closes nothing; its child must not stay behind waiting on the pool's queue."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import asyncio\n"
+        "from streams.settings import StreamsSettings\n"
+        "from streams.batch_work import WorkConfig\n"
+        "from streams.stage import ProcessStage\n"
+        "async def main():\n"
+        "    stage = ProcessStage(WorkConfig.from_settings(StreamsSettings()))\n"
+        "    stage.start()\n"
+        "    await stage.run([])\n"
+        "    while not stage._executor._processes:\n"
+        "        await asyncio.sleep(0.05)\n"
+        "    print(' '.join(str(p) for p in stage._executor._processes), flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        children = [int(x) for x in proc.stdout.readline().split()]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert children
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in children if alive(pid)]
+    for pid in left:  # do not leave it behind for the rest of the run
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "the scoring process outlived its worker"
