@@ -206,7 +206,13 @@ class BatchWork:
     def __init__(self, config: WorkConfig) -> None:
         self.config = config
         self.chain = _Chain(config.scoring, config.scoring.pipeline())
-        self.states: dict[str, AssemblyState] = {}
+        # trace_id -> its state: the model while the trace is open; a completed trace's tombstone (kept until it
+        # expires, so that its redelivered events are known as duplicates) and a state handed in stay encoded
+        # until an event needs them: a few hundred bytes each instead of a model
+        self.states: dict[str, AssemblyState | bytes | dict[str, Any]] = {}
+
+    def _state_of(self, tid: str) -> AssemblyState | None:
+        return as_model(AssemblyState, self.states.get(tid))
 
     def run(self, batch: BatchIn) -> BatchOut:
         t0 = time.perf_counter()
@@ -215,23 +221,19 @@ class BatchWork:
         if batch.references is not None:
             self.chain.refs = dict(batch.references)
         held = self.states
-        for tid, value in batch.states.items():
-            st = as_model(AssemblyState, value)
-            if st is None:
-                held.pop(tid, None)
-            else:
-                held[tid] = st
+        held.update(batch.states)
         c = self.config
-        a = assemble_batch(batch.records, held.get, max_steps=c.max_steps, assembly_timeout_s=c.assembly_timeout_s,
-                           steps_topic=c.steps_topic)
+        a = assemble_batch(batch.records, self._state_of, max_steps=c.max_steps,
+                           assembly_timeout_s=c.assembly_timeout_s, steps_topic=c.steps_topic)
         states: dict[str, tuple[bytes, float, bool] | None] = {}
         for tid, st in a.states.items():
             if st is None:
                 held.pop(tid, None)
                 states[tid] = None
             else:
-                held[tid] = st
-                states[tid] = (encode_state(st), st.updated_at.timestamp(), st.completed)
+                raw = encode_state(st)
+                held[tid] = raw if st.completed else st
+                states[tid] = (raw, st.updated_at.timestamp(), st.completed)
         seconds = time.perf_counter() - t0
         scored = self.chain.run([Job(t) for t in a.completed]) if batch.score else []
         return BatchOut(states=states, scored=scored, traces=[] if batch.score else a.completed, letters=a.letters,

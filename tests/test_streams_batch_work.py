@@ -150,15 +150,15 @@ def test_expiry_requests(traces, config) -> None:
     expire = Record(EXPIRE, "expire", 0, 0, t.trace_id.encode(), b"expire")
     assert work.run(BatchIn([expire])).states == {}  # not idle long enough: it moved on since the timer looked
     later = datetime.now(UTC) + timedelta(seconds=config.assembly_timeout_s + 1)
-    held = work.states
-    a = assemble_batch([expire], held.get, max_steps=512, assembly_timeout_s=config.assembly_timeout_s,
+    a = assemble_batch([expire], work._state_of, max_steps=512, assembly_timeout_s=config.assembly_timeout_s,
                        steps_topic="steps-topic", now=later)
     assert a.states == {t.trace_id: None} and a.expired == 1
     [letter] = a.letters
     assert letter.kind == "incomplete" and letter.source_topic == "steps-topic"
     # a completed trace's tombstone goes without a letter; an unknown trace is nothing to do
     work.run(BatchIn(recs[2:]))
-    a = assemble_batch([expire, Record(EXPIRE, "expire", 0, 1, b"nobody", b"expire")], held.get, max_steps=512,
+    assert isinstance(work.states[t.trace_id], bytes)  # a tombstone is held encoded
+    a = assemble_batch([expire, Record(EXPIRE, "expire", 0, 1, b"nobody", b"expire")], work._state_of, max_steps=512,
                        assembly_timeout_s=config.assembly_timeout_s, steps_topic="s", now=later)
     assert a.states == {t.trace_id: None} and a.expired == 0 and not a.letters
 
