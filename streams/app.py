@@ -196,6 +196,10 @@ class StreamsApp:
                                             use_partitioner=True))
         self.windows = _codecs(app.Table("windows", default=None, partitions=1, schema=schema()))
 
+        m = self.metrics  # the children every scored trace updates, looked up once
+        self._per_trace = (tuple(m.score.labels(d) for d in DIMENSIONS),
+                           {True: m.traces_scored.labels("passed"), False: m.traces_scored.labels("rejected")},
+                           m.processing_seconds.labels("score"))
         self._sources = {self.steps_name: STEPS, self.outcomes_name: OUTCOMES, self.expire_name: EXPIRE}
         # the batch work holds the states it produced; the tables are where the others come from
         self.stage.bind(self.assembly.get, lambda: {k: int(v) for k, v in self.references.items()})
@@ -415,14 +419,15 @@ class StreamsApp:
     async def _publish_scored(self, sc: Scored) -> list[Any]:
         """Metrics, dead letters and the ScoredTrace of one scored trace; returns the delivery futures."""
         m = self.metrics
-        for dim, value in zip(DIMENSIONS, sc.dims, strict=True):
-            m.score.labels(dim).observe(value)
-        m.traces_scored.labels("passed" if sc.passed else "rejected").inc()
+        dims, verdicts, seconds = self._per_trace
+        for hist, value in zip(dims, sc.dims, strict=True):
+            hist.observe(value)
+        verdicts[sc.passed].inc()
         for gate in sc.rejected_by:
             m.gate_rejections.labels(gate).inc()
         for kind, n in sc.redactions.items():
             m.pii_redactions.labels(kind).inc(n)
-        m.processing_seconds.labels("score").observe(sc.seconds)
+        seconds.observe(sc.seconds)
         letters = [await self._dead_letter(make_dead_letter(
             None, source_topic=self.outcomes_name, key=sc.trace_id.encode(), kind=kind, reason=reason,
             service=SERVICE,
