@@ -74,15 +74,14 @@ class _Stage:
             keys = held_keys(records)
 
             def build(fresh: bool) -> BatchIn:
-                forget = fresh or self._forget_due
+                # the requests are taken here, not after the call: a rebalance while it runs asks again
+                forget, self._forget_due = fresh or self._forget_due, False
                 if forget:
                     self.known.clear()
-                refs = self._references() if (fresh or self._seed_due) else None
                 return BatchIn(records, lookup_states(keys, self.known, self._table_value, self.overlay),
-                               forget=forget, references=refs, score=score)
+                               forget=forget, references=self._seed(fresh), score=score)
 
             batch, out = await self._call_run(build)
-            self._forget_due = self._seed_due = False
             self.known |= batch.states.keys()
             for k, v in out.states.items():
                 if v is None:
@@ -97,10 +96,12 @@ class _Stage:
         if not jobs:
             return []
         async with self._order:
-            scored = await self._call_score(jobs, lambda fresh: self._references() if (fresh or self._seed_due)
-                                            else None)
-            self._seed_due = False
-            return scored
+            return await self._call_score(jobs, self._seed)
+
+    def _seed(self, fresh: bool) -> dict[str, int] | None:
+        """The references table, when the work is new or a rebalance asked for it since it was last sent."""
+        due, self._seed_due = fresh or self._seed_due, False
+        return self._references() if due else None
 
     async def _call_run(self, build: Callable[[bool], BatchIn]) -> tuple[BatchIn, BatchOut]:
         raise NotImplementedError

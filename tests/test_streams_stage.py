@@ -242,3 +242,18 @@ def test_the_child_dies_with_a_killed_worker() -> None:
     for pid in left:  # do not leave it behind for the rest of the run
         os.kill(pid, signal.SIGKILL)
     assert not left, "the scoring process outlived its worker"
+
+
+async def test_a_rebalance_while_a_batch_runs_is_not_lost(records) -> None:
+    stage = ProcessStage(config())
+    stage.start()
+    try:
+        await stage.run(records[:5])
+        assert not stage._forget_due and not stage._seed_due  # both taken by the first batch
+        running = stage.run(records[5:400])
+        await asyncio.sleep(0.02)  # built and handed over
+        stage.forget()
+        await running
+        assert stage._forget_due and stage._seed_due  # the next batch forgets and gets the references
+    finally:
+        stage.close()
