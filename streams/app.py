@@ -230,6 +230,9 @@ class StreamsApp:
     async def _on_rebalance_complete(self, sender: Any = None, **kwargs: Any) -> None:
         # the tables were recovered for the new assignment: they are the truth again (states, references)
         self.stage.forget()
+        self._activity.clear()
+        # an expiry asked for before may have gone to another worker's partition: ask again when due
+        self._expiring.clear()
 
     async def _on_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
         # A batch still held is not finished here: its events were not acked, so they are read again.
@@ -368,7 +371,8 @@ class StreamsApp:
         timeout = self.settings.streams.assembly_timeout_s
         open_traces = 0
         activity: dict[str, tuple[float, bool]] = {}
-        for key, value in list(self.assembly.items()):
+        idle = []
+        for key, value in list(self.assembly.items()):  # no await in this loop: finishing a batch updates both
             act = self._activity.get(key)
             if act is None:  # a state this worker did not write (recovered from the changelog): read it once
                 state = as_model(AssemblyState, value)
@@ -378,10 +382,12 @@ class StreamsApp:
             activity[key] = act
             open_traces += not act[1]
             if key not in self._expiring and now - act[0] >= timeout:
-                self._expiring.add(key)
-                await self.expire_topic.send(key=key.encode(), value=b"expire")
+                idle.append(key)
         self._activity = activity  # without the traces deleted or moved away since
         self.metrics.assembly_open.set(open_traces)
+        for key in idle:
+            self._expiring.add(key)
+            await self.expire_topic.send(key=key.encode(), value=b"expire")
 
     # -- 2. scoring -----------------------------------------------------------------------------
 

@@ -219,7 +219,7 @@ class BatchWork:
         if batch.forget:
             self.states.clear()
         if batch.references is not None:
-            self.chain.refs = dict(batch.references)
+            self.chain.seed(batch.references)
         held = self.states
         held.update(batch.states)
         c = self.config

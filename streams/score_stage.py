@@ -38,6 +38,8 @@ __all__ = [
     "encode_window_record",
     "score_trace",
 ]
+# tasks whose reference a worker's scoring carries (each ~100 bytes); past it, the least recently scored go
+MAX_REFERENCES = 100_000
 DIMENSIONS = ("correctness", "efficiency", "tool_selection", "safety", "reasoning_quality", "overall")
 
 
@@ -190,7 +192,21 @@ class _Chain:
 
     config: ScoringConfig
     pipeline: TracePipeline
-    refs: dict[str, int] = field(default_factory=dict)
+    refs: dict[str, int] = field(default_factory=dict)  # in the order the tasks were last scored (or seeded)
+    max_refs: int = MAX_REFERENCES
+
+    def seed(self, refs: dict[str, int]) -> None:
+        """Carry the `references` table's values from now on (at most `max_refs`: the last ones it holds)."""
+        items = list(refs.items())
+        self.refs = dict(items[-self.max_refs:])
+
+    def _remember(self, task: str, ref: int) -> None:
+        self.refs.pop(task, None)  # to the end: the most recently scored task
+        self.refs[task] = ref
+        if len(self.refs) > self.max_refs:
+            # a soft signal: forget the tasks scored longest ago (the table keeps their values)
+            for old in list(self.refs)[: len(self.refs) - self.max_refs // 2]:
+                del self.refs[old]
 
     def run(self, jobs: list[Job]) -> list[Scored]:
         out = []
@@ -202,6 +218,6 @@ class _Chain:
             s = score_trace(self.pipeline, job.trace, reference_steps=ref, reasoning_quality=job.reasoning_quality,
                             window_size_s=self.config.window_size_s)
             if s.reference is not None:
-                self.refs[task] = s.reference
+                self._remember(task, s.reference)
             out.append(s)
         return out

@@ -130,7 +130,7 @@ class InlineStage(_Stage):
     async def _call_score(self, jobs: list[Job], seed: Callable[[bool], dict[str, int] | None]) -> list[Scored]:
         refs = seed(False)
         if refs is not None:
-            self.work.chain.refs = dict(refs)
+            self.work.chain.seed(refs)
         return self.work.score(jobs)
 
 
@@ -163,7 +163,7 @@ def _child_run(batch: BatchIn) -> BatchOut:
 def _child_score(refs: dict[str, int] | None, payload: list[tuple[str, int | None, float | None]]) -> list[Scored]:
     work = _the_child()
     if refs is not None:
-        work.chain.refs = dict(refs)
+        work.chain.seed(refs)
     # traces go over as JSON: pickling pydantic models is slower than their JSON both ways
     return work.score([Job(AgentTrace.model_validate_json(raw), ref, rq) for raw, ref, rq in payload])
 
@@ -180,6 +180,7 @@ class ProcessStage(_Stage):
         self.timeout_s = timeout_s
         self._executor: ProcessPoolExecutor | None = None
         self._inline: InlineStage | None = None
+        self._closed = False
         self.restarts = 0
 
     def _new_executor(self) -> ProcessPoolExecutor:
@@ -196,6 +197,8 @@ class ProcessStage(_Stage):
         """`fn(*make_args(fresh))` in the child, again in a new child if it dies or hangs; None: it could not."""
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
+            if self._closed:  # the worker is stopping: no new child; the batch's records were not acked
+                raise asyncio.CancelledError("the scoring process was closed")
             if self._inline is not None:
                 return None
             fresh = self._executor is None
@@ -234,12 +237,15 @@ class ProcessStage(_Stage):
         ex, self._executor = self._executor, None
         if ex is None:
             return
+        # whatever the next call is, the next batch tells a new child the states it meets and the references
+        self._forget_due = self._seed_due = True
         for proc in list((getattr(ex, "_processes", None) or {}).values()):
             if proc.is_alive():
                 proc.kill()  # a hung child would otherwise hold the pool (and its batch) forever
         ex.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
+        self._closed = True
         self._kill()
 
 

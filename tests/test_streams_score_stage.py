@@ -124,3 +124,17 @@ def test_window_items_keep_the_window_of_their_trace(pipeline) -> None:
     for sc in scored:
         item = WindowItem.model_validate_json(sc.item_json)
         assert decode(sc.example_json, SFTExample).window_start == window_start_for(item.event_time, 60)
+
+
+def test_the_references_carried_are_bounded(traces, pipeline) -> None:
+    from streams.score_stage import Job, ScoringConfig, _Chain
+
+    chain = _Chain(ScoringConfig.from_settings(StreamsSettings()), pipeline, max_refs=4)
+    chain.seed({f"t{i}": i + 1 for i in range(10)})
+    assert list(chain.refs) == ["t6", "t7", "t8", "t9"]  # the table's last ones
+    chain.refs["t9"] = 1
+    for i in range(10):
+        chain._remember(f"n{i}", 3)
+    assert len(chain.refs) <= 4 and "n9" in chain.refs and "t6" not in chain.refs
+    chain.run([Job(traces[0])])
+    assert len(chain.refs) <= 4

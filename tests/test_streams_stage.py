@@ -257,3 +257,34 @@ async def test_a_rebalance_while_a_batch_runs_is_not_lost(records) -> None:
         assert stage._forget_due and stage._seed_due  # the next batch forgets and gets the references
     finally:
         stage.close()
+
+
+async def test_a_child_that_dies_while_judged_traces_are_scored_leaves_no_trace_behind(records, traces) -> None:
+    """The LLM judge's path: a batch assembled unscored, then its traces scored; the child dies in between.
+    The new child is told the states of the traces it meets next, so open traces still complete."""
+    stage = ProcessStage(config())
+    stage.start()
+    app = _App(stage)
+    scored = []
+    killed = False
+    try:
+        for i in range(0, len(records), 40):
+            out = await stage.run(records[i:i + 40], score=False)
+            app.finish(out)
+            if i >= 80 and out.traces and not killed:  # the score call meets the dead child
+                _kill_child(stage)
+                killed = True
+            scored += await stage.score([Job(t) for t in out.traces])
+    finally:
+        stage.close()
+    assert stage.restarts == 1
+    assert sorted(sc.trace_id for sc in scored) == sorted(t.trace_id for t in traces)
+
+
+async def test_a_closed_stage_starts_no_child(records) -> None:
+    stage = ProcessStage(config())
+    stage.start()
+    stage.close()
+    with pytest.raises(asyncio.CancelledError):
+        await stage.run(records[:5])
+    assert stage._executor is None
