@@ -201,6 +201,7 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
         bpid = broker_pid()
         for i, records in enumerate(rounds):
             t0, c0, k0 = time.perf_counter(), _cpu_seconds(proc.pid), _children_cpu_seconds(proc.pid)
+            s0 = _cpu_seconds(os.getpid())
             b0 = _cpu_seconds(bpid) if bpid else float("nan")
             seen0 = out.seen
             await _produce(s, records)
@@ -214,6 +215,8 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
             # the worker's own CPU is cpu_us; its scoring process (the pipeline's batch work) is beside it
             shape[-1]["children_cpu_us_per_event"] = round(
                 1e6 * (_children_cpu_seconds(proc.pid) - k0) / len(records), 1)
+            # this process: producing the round's input and watching the output
+            shape[-1]["bench_cpu_us_per_event"] = round(1e6 * (_cpu_seconds(os.getpid()) - s0) / len(records), 1)
             shape[-1]["broker_cpu_us_per_event"] = round(
                 1e6 * ((_cpu_seconds(bpid) if bpid else float("nan")) - b0) / len(records), 1)
         if kind == "pipeline":  # keep the worker's own timings beside the logs

@@ -450,10 +450,6 @@ class StreamsApp:
     def _book(self) -> WindowBook:
         return as_model(WindowBook, self.windows.get(BOOK_KEY)) or WindowBook()
 
-    def _store_book(self, book: WindowBook) -> None:
-        self.windows[BOOK_KEY] = book
-        if book.mark.watermark is not None:
-            self.metrics.watermark.set(book.mark.watermark.timestamp())
 
     async def _window(self, stream: Any) -> None:
         async for event in stream.events():
@@ -474,7 +470,7 @@ class StreamsApp:
             work = _WindowWork(self._book())
             for item, example in batch:
                 await self._window_item(work, item, example)
-            self._flush_window_work(work)
+            await self._flush_window_work(work)
             self.metrics.processing_seconds.labels("window").observe(time.perf_counter() - t0)
 
     async def _window_item(self, work: _WindowWork, item: WindowItem, example: bytes | None) -> None:
@@ -503,15 +499,19 @@ class StreamsApp:
         for w, tasks in closing:
             await self._close(work, w, tasks)
 
-    def _flush_window_work(self, work: _WindowWork) -> None:
-        """Write what one record changed: the book once, each touched candidate key once."""
-        self._store_book(work.book)
+    async def _flush_window_work(self, work: _WindowWork) -> None:
+        """Write what one record changed: the book once, each touched candidate key once (straight to the
+        producer, `streams.changelog`: the windows table has one partition)."""
+        sets: dict[str, Any] = {BOOK_KEY: work.book}
         for key, cands in work.candidates.items():
             if cands is None:
                 if key in self.windows:
                     del self.windows[key]
             else:
-                self.windows[key] = cands
+                sets[key] = cands
+        await write_many(self.windows, sets, self.app.producer)
+        if work.book.mark.watermark is not None:
+            self.metrics.watermark.set(work.book.mark.watermark.timestamp())
 
     async def _close(self, work: _WindowWork, w: WindowState, tasks: list[str]) -> None:
         s = self.settings.streams
@@ -561,7 +561,7 @@ class StreamsApp:
                                           grace_s=s.window_grace_s)
         for w, tasks in closing:
             await self._close(work, w, tasks)
-        self._flush_window_work(work)
+        await self._flush_window_work(work)
 
     async def _window_tick(self) -> None:
         # Every worker ticks; only the one that owns the windows partition acts on it (in the agent).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from faust.serializers import codecs
 
 from stillflow.contracts import TraceStep
@@ -109,3 +110,11 @@ async def test_write_many_writes_the_records_faust_would_and_the_store(tmp_path)
     assert [s[1] for s in sent] == [b"trace-7", b"trace-8"] and all(s[3] is None for s in sent)
     assert sa.assembly.data["trace-7"] == state and sa.assembly.data["trace-8"] == other
     assert persisted == [(topic, 3, 1), (topic, 3, 2)]
+    # an encoded state (what the batch work returns) is written as it is
+    encoded = state.model_dump_json().encode()
+    assert changelog_record(sa.assembly, "trace-9", encoded)[2] is encoded
+    # the windows table has one partition: any key lands on it; a table faust would partition by the record
+    # being processed cannot be written this way
+    await write_many(sa.windows, {"__book__": {"x": 1}}, _Producer())
+    with pytest.raises(ValueError, match="use_partitioner"):
+        await write_many(sa.app.Table("by-record", default=None, partitions=4), {"k": 1}, _Producer())
