@@ -20,6 +20,17 @@ CALC = ToolSpec(
 )
 
 
+SIM_START = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
+
+
+def teacher_traces(n: int, *, seed: int, start: datetime = SIM_START, rate: float = 20.0) -> list[AgentTrace]:
+    """`n` sim teacher traces made offline (no broker), `rate` per second of event time from `start`."""
+    from sim.policies import make_policy
+    from sim.runner import iter_offline
+
+    return list(iter_offline(n, make_policy("teacher"), seed=seed, start=start, rate=rate))
+
+
 def make_trace(i: int, n_steps: int = 6, *, task: str | None = None) -> AgentTrace:
     """A deterministic, valid trace whose step contents say where they belong."""
     steps = []

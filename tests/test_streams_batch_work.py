@@ -7,8 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sim.policies import make_policy
-from sim.runner import iter_offline
 from stillflow.contracts import DeadLetter, TraceOutcomeEvent, TraceStepEvent, decode, encode
 from streams.assembly import AssemblyState, add_outcome, add_step
 from streams.batch_work import (
@@ -26,13 +24,12 @@ from streams.batch_work import (
 )
 from streams.score_stage import DIMENSIONS, Job, score_trace
 from streams.settings import StreamsSettings
-
-START = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
+from tests.helpers import SIM_START, teacher_traces
 
 
 @pytest.fixture(scope="module")
 def traces():
-    return list(iter_offline(40, make_policy("teacher"), seed=5, start=START, rate=20.0))
+    return teacher_traces(40, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +165,11 @@ def test_an_expiry_in_the_batch_is_seen_by_the_records_after_it(traces, config) 
     recs = records_of(t)
     states = {}
     a = assemble_batch(recs[:1], states.get, max_steps=512, assembly_timeout_s=1.0, steps_topic="s",
-                       now=START)
+                       now=SIM_START)
     states.update(a.states)
     expire = Record(EXPIRE, "expire", 0, 0, t.trace_id.encode(), b"expire")
     b = assemble_batch([expire, *recs[1:]], states.get, max_steps=512, assembly_timeout_s=1.0, steps_topic="s",
-                       now=START + timedelta(seconds=5))
+                       now=SIM_START + timedelta(seconds=5))
     assert b.expired == 1 and not b.completed  # step 0 went with the expired state
     assert b.states[t.trace_id] is not None and 0 not in b.states[t.trace_id].steps
 

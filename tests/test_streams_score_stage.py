@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
-from sim.policies import make_policy
-from sim.runner import iter_offline
 from stillflow.contracts import Limits, ScoredTrace, SFTExample, decode, get_limits, set_limits
 from streams.pipeline import TracePipeline
 from streams.score_stage import (
@@ -21,13 +19,14 @@ from streams.score_stage import (
 )
 from streams.settings import StreamsSettings
 from streams.windows import window_start_for
+from tests.helpers import SIM_START, teacher_traces
 
-START = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
+START = SIM_START
 
 
 @pytest.fixture(scope="module")
 def traces():
-    return list(iter_offline(60, make_policy("teacher"), seed=11, start=START, rate=20.0))
+    return teacher_traces(60, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,7 @@ def test_a_trace_too_big_to_publish_is_a_dead_letter_not_an_item(traces, pipelin
 
 
 def test_window_items_keep_the_window_of_their_trace(pipeline) -> None:
-    later = list(iter_offline(20, make_policy("teacher"), seed=2, start=START + timedelta(seconds=61), rate=1.0))
+    later = teacher_traces(20, seed=2, start=START + timedelta(seconds=61), rate=1.0)
     scored = [sc for sc in (score_trace(pipeline, t, window_size_s=60) for t in later) if sc.has_example]
     assert scored
     for sc in scored:

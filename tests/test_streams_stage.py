@@ -7,24 +7,20 @@ import asyncio
 import os
 import random
 import signal
-from datetime import UTC, datetime
 
 import pytest
 
-from sim.policies import make_policy
-from sim.runner import iter_offline
 from streams.batch_work import WorkConfig
 from streams.score_stage import Job
 from streams.settings import StreamsSettings
 from streams.stage import InlineStage, ProcessStage, make_stage
+from tests.helpers import teacher_traces
 from tests.test_streams_batch_work import _same, records_of
-
-START = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 def traces():
-    return list(iter_offline(60, make_policy("teacher"), seed=11, start=START, rate=20.0))
+    return teacher_traces(60, seed=11)
 
 
 @pytest.fixture(scope="module")
