@@ -10,10 +10,12 @@ Both keep the books that let `BatchWork` hold the assembly states between batche
 Batches run one at a time, in the order submitted (an asyncio lock), each built when its turn comes, so that
 it sees every state the batch before it produced.
 
-The process: spawned (the worker has threads, which fork does not copy), ignores SIGINT (the worker stops
-it) and dies with its worker. If it dies, or takes longer than `timeout_s` over a batch (it is then killed),
-the batch runs again in a new one; if that fails too, this batch and all later ones run in the worker
-(logged): a crash there never loses a trace, and a child that cannot live is not restarted for every batch.
+The process (`_Child`): spawned (the worker has threads, which fork does not copy), talked to over a pipe of
+which the worker holds only its own end (a death is EOF, even in the middle of a reply), ignores SIGINT (the
+worker stops it) and dies with its worker. If it dies, or takes longer than `timeout_s` over a batch (it is
+then killed), the batch runs again in a new one; if that fails too, this batch and all later ones run in the
+worker (logged): a crash there never loses a trace, and a child that cannot live is not restarted for every
+batch.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from typing import Any
 
 from stillflow.broker import die_with_parent
@@ -139,10 +140,9 @@ _child: BatchWork | None = None
 
 def _child_init(config: WorkConfig, parent: int) -> None:
     global _child
-    # Ctrl-C reaches the whole process group: the worker stops its child itself (closing the pool)
+    # Ctrl-C reaches the whole process group: the worker stops its child itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A worker killed with -9 closes nothing: without this its child would wait on the pool's queue forever
-    # (it holds a write end of that pipe itself, so it never reads EOF).
+    # A worker killed with -9 closes nothing: the child must not stay behind
     die_with_parent()
     if os.getppid() != parent:  # the worker died before the line above
         os._exit(0)
@@ -168,8 +168,61 @@ def _child_score(refs: dict[str, int] | None, payload: list[tuple[str, int | Non
     return work.score([Job(AgentTrace.model_validate_json(raw), ref, rq) for raw, ref, rq in payload])
 
 
-def _child_ping() -> bool:
-    return _child is not None
+def _child_main(conn: Connection, config: WorkConfig, parent: int) -> None:
+    """The scoring process: calls (a module function and its arguments) in, ("ok", result) or ("error", exc)
+    out, one at a time, until the worker closes its end."""
+    _child_init(config, parent)
+    while True:
+        try:
+            fn, args = conn.recv()
+        except EOFError:
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", fn(*args))
+        except Exception as exc:
+            reply = ("error", exc)
+        try:
+            conn.send(reply)
+        except Exception as exc:  # an exception (or a result) that does not pickle
+            conn.send(("error", RuntimeError(f"the scoring process could not send its reply: {exc!r}")))
+
+
+class _ChildDied(Exception):
+    pass
+
+
+class _Child:
+    """One spawned process and a pipe to it (spawned: the worker has threads, which fork does not copy).
+
+    Only this end of the pipe stays open here, so the child's death reads as EOF, also in the middle of a
+    message. (A ProcessPoolExecutor keeps both ends of its result pipe: a child killed while writing a large
+    result left its reader waiting forever for the rest, and the interpreter then hung at exit joining it.)"""
+
+    def __init__(self, config: WorkConfig) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, theirs = ctx.Pipe()
+        self.proc = ctx.Process(target=_child_main, args=(theirs, config, os.getpid()), daemon=True,
+                                name="stillflow-batch-work")
+        self.proc.start()
+        theirs.close()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in the child (blocking: run it in a thread). Raises `_ChildDied` if the child is gone."""
+        try:
+            self.conn.send((fn, args))
+            status, value = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise _ChildDied(repr(exc)) from None
+        if status == "error":
+            raise value
+        return value
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()  # a hung child would otherwise hold its batch forever
+        self.proc.join(5)  # reaped: no zombie
+        # the pipe is not closed here: a thread may still be reading it (it reads EOF now); closing its fd
+        # under that thread could let a new child's pipe reuse the number. It closes with the last reference.
 
 
 class ProcessStage(_Stage):
@@ -178,38 +231,36 @@ class ProcessStage(_Stage):
     def __init__(self, config: WorkConfig, *, timeout_s: float = 120.0) -> None:
         super().__init__(config)
         self.timeout_s = timeout_s
-        self._executor: ProcessPoolExecutor | None = None
+        self._child: _Child | None = None
         self._inline: InlineStage | None = None
         self._closed = False
         self.restarts = 0
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_child_init, initargs=(self.config, os.getpid()))
+    def _spawn(self) -> _Child:
+        return _Child(self.config)
 
     def start(self) -> None:
         """Start the child now (its imports take a second or two), not on the first batch."""
-        if self._executor is None and self._inline is None:
-            self._executor = self._new_executor()
-            self._executor.submit(_child_ping)
+        if self._child is None and self._inline is None and not self._closed:
+            self._child = self._spawn()
 
     async def _in_child(self, fn: Callable[..., Any], make_args: Callable[[bool], tuple[Any, ...]]) -> Any:
         """`fn(*make_args(fresh))` in the child, again in a new child if it dies or hangs; None: it could not."""
-        loop = asyncio.get_running_loop()
         for attempt in (1, 2):
             if self._closed:  # the worker is stopping: no new child; the batch's records were not acked
                 raise asyncio.CancelledError("the scoring process was closed")
             if self._inline is not None:
                 return None
-            fresh = self._executor is None
+            fresh = self._child is None
             if fresh:
-                self._executor = self._new_executor()
+                self._child = self._spawn()
+            child = self._child
             args = make_args(fresh)
             try:
-                return args, await asyncio.wait_for(loop.run_in_executor(self._executor, fn, *args), self.timeout_s)
-            except (BrokenProcessPool, TimeoutError) as exc:
+                return args, await asyncio.wait_for(asyncio.to_thread(child.call, fn, *args), self.timeout_s)
+            except (_ChildDied, TimeoutError) as exc:
                 self.restarts += 1
-                why = "died" if isinstance(exc, BrokenProcessPool) else f"took over {self.timeout_s:g} s"
+                why = "died" if isinstance(exc, _ChildDied) else f"took over {self.timeout_s:g} s"
                 log.error("the scoring process %s; %s", why,
                           "starting another" if attempt == 1 else "scoring in the worker from now on")
                 self._kill()
@@ -234,15 +285,12 @@ class ProcessStage(_Stage):
         return got[1]
 
     def _kill(self) -> None:
-        ex, self._executor = self._executor, None
-        if ex is None:
+        child, self._child = self._child, None
+        if child is None:
             return
         # whatever the next call is, the next batch tells a new child the states it meets and the references
         self._forget_due = self._seed_due = True
-        for proc in list((getattr(ex, "_processes", None) or {}).values()):
-            if proc.is_alive():
-                proc.kill()  # a hung child would otherwise hold the pool (and its batch) forever
-        ex.shutdown(wait=False, cancel_futures=True)
+        child.kill()
 
     def close(self) -> None:
         self._closed = True

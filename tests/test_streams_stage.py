@@ -80,8 +80,8 @@ async def test_the_process_gives_what_the_worker_gives(records) -> None:
 
 
 def _kill_child(stage: ProcessStage, sig: int = signal.SIGKILL) -> None:
-    for proc in list((stage._executor._processes if stage._executor else {}).values()):
-        os.kill(proc.pid, sig)
+    if stage._child is not None:
+        os.kill(stage._child.proc.pid, sig)
 
 
 async def test_a_child_that_dies_is_replaced_and_given_the_states_it_held(records) -> None:
@@ -147,7 +147,7 @@ async def test_a_child_that_cannot_live_leaves_the_work_to_the_worker(records, m
     done = 0
     app.finish(out := await stage.run(records[:100]))
     done += out.completed
-    monkeypatch.setattr(stage, "_new_executor", lambda: _broken_executor())
+    monkeypatch.setattr(stage, "_spawn", lambda: _BrokenChild())
     _kill_child(stage)
     for i in range(100, len(records), 100):
         app.finish(out := await stage.run(records[i:i + 100]))
@@ -156,18 +156,16 @@ async def test_a_child_that_cannot_live_leaves_the_work_to_the_worker(records, m
     assert stage._inline is not None and stage.restarts == 2 and done == 60
 
 
-def _broken_executor():
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+class _BrokenChild:
+    """A scoring process that dies before it answers anything."""
 
-    class Broken(ProcessPoolExecutor):
-        def __init__(self) -> None:
-            super().__init__(max_workers=1)
+    def call(self, fn, *args):
+        from streams.stage import _ChildDied
 
-        def submit(self, *a, **k):
-            raise BrokenProcessPool("cannot start")
+        raise _ChildDied("cannot start")
 
-    return Broken()
+    def kill(self) -> None:
+        pass
 
 
 async def test_judged_traces_are_scored_in_order_with_the_references(traces, records) -> None:
@@ -208,9 +206,7 @@ def test_the_child_dies_with_a_killed_worker() -> None:
         "    stage = ProcessStage(WorkConfig.from_settings(StreamsSettings()))\n"
         "    stage.start()\n"
         "    await stage.run([])\n"
-        "    while not stage._executor._processes:\n"
-        "        await asyncio.sleep(0.05)\n"
-        "    print(' '.join(str(p) for p in stage._executor._processes), flush=True)\n"
+        "    print(stage._child.proc.pid, flush=True)\n"
         "    await asyncio.sleep(60)\n"
         "if __name__ == '__main__':\n"
         "    asyncio.run(main())\n"
@@ -283,4 +279,25 @@ async def test_a_closed_stage_starts_no_child(records) -> None:
     stage.close()
     with pytest.raises(asyncio.CancelledError):
         await stage.run(records[:5])
-    assert stage._executor is None
+    assert stage._child is None
+
+
+def _die_in_the_middle_of_a_reply() -> None:
+    """Run in the scoring process: start a large reply, then die before its end."""
+    import gc
+    import struct
+    from multiprocessing.connection import Connection
+
+    for conn in [o for o in gc.get_objects() if isinstance(o, Connection) and not o.closed]:
+        os.write(conn.fileno(), struct.pack("!i", 1 << 20) + b"only the first bytes")
+    os._exit(1)
+
+
+async def test_a_child_that_dies_in_the_middle_of_a_reply_is_seen_dead_at_once() -> None:
+    stage = ProcessStage(config(), timeout_s=600)  # only the death itself can end the wait in time
+    stage.start()
+    try:
+        got = await asyncio.wait_for(stage._in_child(_die_in_the_middle_of_a_reply, lambda fresh: ()), 60)
+    finally:
+        stage.close()
+    assert got is None and stage.restarts == 2 and stage._inline is not None  # twice, then in the worker
