@@ -25,6 +25,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
+import traceback
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
@@ -177,18 +179,26 @@ def _child_main(conn: Connection, config: WorkConfig, parent: int) -> None:
             fn, args = conn.recv()
         except EOFError:
             return
+        except Exception:  # a call that does not unpickle here: its bytes were read, the pipe is in step
+            conn.send(("error", traceback.format_exc()))
+            continue
         try:
             reply: tuple[str, Any] = ("ok", fn(*args))
-        except Exception as exc:
-            reply = ("error", exc)
+        except Exception:
+            # as text: an exception may pickle here and not unpickle there, and the traceback would be lost
+            reply = ("error", traceback.format_exc())
         try:
             conn.send(reply)
-        except Exception as exc:  # an exception (or a result) that does not pickle
-            conn.send(("error", RuntimeError(f"the scoring process could not send its reply: {exc!r}")))
+        except Exception:  # a result that does not pickle (nothing was written)
+            conn.send(("error", traceback.format_exc()))
 
 
 class _ChildDied(Exception):
     pass
+
+
+class ScoringProcessError(RuntimeError):
+    """A call failed in the scoring process; the message ends with its traceback there."""
 
 
 class _Child:
@@ -214,7 +224,7 @@ class _Child:
         except (EOFError, OSError) as exc:
             raise _ChildDied(repr(exc)) from None
         if status == "error":
-            raise value
+            raise ScoringProcessError(f"the scoring process failed:\n{value}")
         return value
 
     def kill(self) -> None:
@@ -259,11 +269,20 @@ class ProcessStage(_Stage):
             try:
                 return args, await asyncio.wait_for(asyncio.to_thread(child.call, fn, *args), self.timeout_s)
             except (_ChildDied, TimeoutError) as exc:
+                if self._closed:  # killed by close(): the worker is stopping, this is no crash
+                    raise asyncio.CancelledError("the scoring process was closed") from None
                 self.restarts += 1
                 why = "died" if isinstance(exc, _ChildDied) else f"took over {self.timeout_s:g} s"
                 log.error("the scoring process %s; %s", why,
                           "starting another" if attempt == 1 else "scoring in the worker from now on")
                 self._kill()
+            except BaseException:
+                # cancelled (the agent stops), or failed here: the call may still be running in the child, and
+                # its reply would be read as the next call's, so the next call gets a new child. (A failure the
+                # child replied with leaves the pipe in step.)
+                if child is self._child and not isinstance(sys.exc_info()[1], ScoringProcessError):
+                    self._kill()
+                raise
         self._inline = InlineStage(self.config)
         self._forget_due = self._seed_due = True  # the work in this process holds nothing yet
         return None

@@ -301,3 +301,52 @@ async def test_a_child_that_dies_in_the_middle_of_a_reply_is_seen_dead_at_once()
     finally:
         stage.close()
     assert got is None and stage.restarts == 2 and stage._inline is not None  # twice, then in the worker
+
+
+def _fail_there() -> None:
+    from stillflow.contracts import ContractError
+
+    raise ContractError("schema", "an error whose class does not unpickle from its args")
+
+
+async def test_a_failure_in_the_child_comes_back_with_its_traceback_and_the_child_lives_on() -> None:
+    from streams.stage import ScoringProcessError
+
+    stage = ProcessStage(config())
+    stage.start()
+    try:
+        with pytest.raises(ScoringProcessError, match="ContractError"):
+            await stage._in_child(_fail_there, lambda fresh: ())
+        pid = stage._child.proc.pid
+        assert (await stage._in_child(os.getpid, lambda fresh: ()))[1] == pid  # same child, pipe in step
+    finally:
+        stage.close()
+    assert stage.restarts == 0
+
+
+async def test_a_cancelled_call_does_not_leave_its_reply_for_the_next_one() -> None:
+    import time
+
+    stage = ProcessStage(config())
+    stage.start()
+    try:
+        call = asyncio.ensure_future(stage._in_child(time.sleep, lambda fresh: (1.0,)))
+        await asyncio.sleep(0.2)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        (_, pid) = await stage._in_child(os.getpid, lambda fresh: ())
+        assert pid == stage._child.proc.pid  # a new child answered, not the sleep's reply
+    finally:
+        stage.close()
+
+
+async def test_close_during_a_call_is_a_stop_not_a_crash(records) -> None:
+    stage = ProcessStage(config())
+    stage.start()
+    running = stage.run(records)
+    await asyncio.sleep(0.05)
+    stage.close()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert stage.restarts == 0 and stage._inline is None and stage._child is None
