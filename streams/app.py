@@ -43,7 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from stillflow.contracts import AgentTrace, DeadLetter, OffsetRange, encode
 from stillflow.dlq import encode_letter, make_dead_letter
 from streams.assembly import AssemblyState
-from streams.batch_work import EXPIRE, OUTCOMES, STEPS, BatchOut, Record, trace_key
+from streams.batch_work import EXPIRE, OUTCOMES, SERVICE, STEPS, BatchOut, Record, trace_key
 from streams.batching import take_batches
 from streams.changelog import write_many
 from streams.consumer_tuning import bound_fetch_wait
@@ -76,7 +76,6 @@ from streams.windows import (
 __all__ = ["StreamsApp", "create_app"]
 
 log = logging.getLogger(__name__)
-SERVICE = "streams"
 _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
@@ -449,7 +448,6 @@ class StreamsApp:
 
     def _book(self) -> WindowBook:
         return as_model(WindowBook, self.windows.get(BOOK_KEY)) or WindowBook()
-
 
     async def _window(self, stream: Any) -> None:
         async for event in stream.events():

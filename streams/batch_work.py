@@ -50,8 +50,11 @@ __all__ = [
     "BatchWork",
     "Record",
     "WorkConfig",
+    "SERVICE",
     "assemble_batch",
     "encode_state",
+    "held_keys",
+    "lookup_states",
     "trace_key",
 ]
 
@@ -239,7 +242,10 @@ class BatchWork:
         return BatchOut(states=states, scored=scored, traces=[] if batch.score else a.completed, letters=a.letters,
                         events=a.events, completed=len(a.completed), expired=a.expired, seconds=seconds)
 
-    def score(self, jobs: list[Job]) -> list[Scored]:
+    def score(self, jobs: list[Job], references: dict[str, int] | None = None) -> list[Scored]:
+        """Score `jobs` in order (the LLM judge's path); `references` as in `BatchIn`."""
+        if references is not None:
+            self.chain.seed(references)
         return self.chain.run(jobs)
 
 

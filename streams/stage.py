@@ -122,19 +122,16 @@ class _Stage:
 class InlineStage(_Stage):
     """The batch work in this process (one core, or `streams.scoring=inline`)."""
 
-    def __init__(self, config: WorkConfig, work: BatchWork | None = None) -> None:
+    def __init__(self, config: WorkConfig) -> None:
         super().__init__(config)
-        self.work = work or BatchWork(config)
+        self.work = BatchWork(config)
 
     async def _call_run(self, build: Callable[[bool], BatchIn]) -> tuple[BatchIn, BatchOut]:
         batch = build(False)
         return batch, self.work.run(batch)
 
     async def _call_score(self, jobs: list[Job], seed: Callable[[bool], dict[str, int] | None]) -> list[Scored]:
-        refs = seed(False)
-        if refs is not None:
-            self.work.chain.seed(refs)
-        return self.work.score(jobs)
+        return self.work.score(jobs, seed(False))
 
 
 _child: BatchWork | None = None
@@ -163,11 +160,8 @@ def _child_run(batch: BatchIn) -> BatchOut:
 
 
 def _child_score(refs: dict[str, int] | None, payload: list[tuple[str, int | None, float | None]]) -> list[Scored]:
-    work = _the_child()
-    if refs is not None:
-        work.chain.seed(refs)
     # traces go over as JSON: pickling pydantic models is slower than their JSON both ways
-    return work.score([Job(AgentTrace.model_validate_json(raw), ref, rq) for raw, ref, rq in payload])
+    return _the_child().score([Job(AgentTrace.model_validate_json(raw), ref, rq) for raw, ref, rq in payload], refs)
 
 
 def _child_main(conn: Connection, config: WorkConfig, parent: int) -> None:
