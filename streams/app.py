@@ -47,6 +47,7 @@ from streams.batch_work import EXPIRE, OUTCOMES, SERVICE, STEPS, BatchOut, Recor
 from streams.batching import take_batches
 from streams.changelog import write_many
 from streams.consumer_tuning import bound_fetch_wait
+from streams.flow_control import keep_queued_events
 from streams.judge import LLMJudge
 from streams.metrics import StreamsMetrics
 from streams.pairs import PairCandidate, mine_pairs
@@ -213,6 +214,7 @@ class StreamsApp:
         app.timer(s.expiry_check_interval_s)(self._expiry_tick)
         app.timer(s.window_tick_interval_s)(self._window_tick)
         bound_fetch_wait(app, s.fetch_max_wait_ms)
+        keep_queued_events(app)  # faust would drop events queued at the end of a recovery (streams.flow_control)
         app.task(self._start_scoring)
         app.on_rebalance_complete.connect(self._on_rebalance_complete)
         app.on_before_shutdown.connect(self._on_shutdown)
