@@ -95,3 +95,16 @@ def as_scored(trace: AgentTrace) -> AgentTrace:
     from streams.pii import default_redactor
 
     return default_redactor.redact_trace(trace)[0]
+
+
+def built_streams_app(data_dir, *, partitions: int):
+    """A `StreamsApp` built with default settings and a broker address it never contacts (nothing is
+    started): for tests of what the app wires up."""
+    from streams.app import create_app
+    from streams.settings import StreamsSettings
+
+    base = StillflowSettings().model_dump()
+    base["kafka"]["bootstrap_servers"] = "127.0.0.1:1"
+    settings = StreamsSettings(**base)
+    settings = settings.model_copy(update={"streams": settings.streams.model_copy(update={"data_dir": data_dir})})
+    return create_app(settings, partitions=partitions)

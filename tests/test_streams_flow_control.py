@@ -9,6 +9,7 @@ from typing import Any
 import faust
 
 from streams.flow_control import keep_queued_events
+from tests.helpers import built_streams_app
 
 
 def _agent_queue(app: faust.App) -> Any:
@@ -52,10 +53,6 @@ def test_resuming_a_suspended_flow_still_clears_as_faust_does() -> None:
 
 
 def test_applied_once_and_wired_into_the_streams_app(tmp_path) -> None:
-    from stillflow.settings import StillflowSettings
-    from streams.app import create_app
-    from streams.settings import StreamsSettings
-
     app, queue = _app_and_queue()
     keep_queued_events(app)
     keep_queued_events(app)  # not wrapped twice
@@ -64,11 +61,7 @@ def test_applied_once_and_wired_into_the_streams_app(tmp_path) -> None:
     app.flow_control.resume()
     assert queue.qsize() == 1
 
-    base = StillflowSettings().model_dump()
-    base["kafka"]["bootstrap_servers"] = "127.0.0.1:1"  # never contacted: the app is only built
-    settings = StreamsSettings(**base)
-    settings = settings.model_copy(update={"streams": settings.streams.model_copy(update={"data_dir": tmp_path})})
-    sa = create_app(settings, partitions=2)
+    sa = built_streams_app(tmp_path, partitions=2)
     flow = sa.app.flow_control
     flow.resume()
     queue = _agent_queue(sa.app)

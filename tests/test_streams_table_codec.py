@@ -47,15 +47,9 @@ def test_changelog_keys_are_the_raw_ids_so_state_lands_on_its_source_partition(t
     with use_partitioner, so its records must hash the same bytes to land on the events' partition."""
     from aiokafka.partitioner import murmur2
 
-    from stillflow.settings import StillflowSettings
-    from streams.app import create_app
-    from streams.settings import StreamsSettings
+    from tests.helpers import built_streams_app
 
-    base = StillflowSettings().model_dump()
-    base["kafka"]["bootstrap_servers"] = "127.0.0.1:1"  # never contacted: the app is only built
-    settings = StreamsSettings(**base)
-    settings = settings.model_copy(update={"streams": settings.streams.model_copy(update={"data_dir": tmp_path})})
-    sa = create_app(settings, partitions=4)
+    sa = built_streams_app(tmp_path, partitions=4)
     reg = sa.app.serializers
     state = AssemblyState(trace_id="trace-7", first_seen=T0, updated_at=T0)
     for table in (sa.assembly, sa.references, sa.windows):
@@ -77,16 +71,10 @@ async def test_write_many_writes_the_records_faust_would_and_the_store(tmp_path)
     import asyncio
     from types import SimpleNamespace
 
-    from stillflow.settings import StillflowSettings
-    from streams.app import create_app
     from streams.changelog import changelog_record, write_many
-    from streams.settings import StreamsSettings
+    from tests.helpers import built_streams_app
 
-    base = StillflowSettings().model_dump()
-    base["kafka"]["bootstrap_servers"] = "127.0.0.1:1"  # never contacted
-    settings = StreamsSettings(**base)
-    settings = settings.model_copy(update={"streams": settings.streams.model_copy(update={"data_dir": tmp_path})})
-    sa = create_app(settings, partitions=4)
+    sa = built_streams_app(tmp_path, partitions=4)
     state = AssemblyState(trace_id="trace-7", first_seen=T0, updated_at=T0)
     topic, key, value = changelog_record(sa.assembly, "trace-7", state)
     assert topic == sa.assembly.changelog_topic.get_topic_name() and topic.endswith("-assembly-changelog")
