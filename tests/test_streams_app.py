@@ -53,9 +53,17 @@ def _topic_env(settings) -> dict[str, str]:
     return env
 
 
-def _traces(n: int, seed: int = 0):
-    start = datetime.now(UTC) - timedelta(seconds=30)
-    return list(iter_offline(n, make_policy("teacher"), seed=seed, start=start, rate=40.0))
+def _traces(n: int, seed: int = 0, *, policy: str = "teacher", start: datetime | None = None):
+    start = start or datetime.now(UTC) - timedelta(seconds=30)
+    return list(iter_offline(n, make_policy(policy), seed=seed, start=start, rate=40.0))
+
+
+def _rivals(n: int, *, every: int, start: datetime, seed: int = 0):
+    """Random-policy runs of every `every`-th task of `_traces(n, seed, start=start)`, at the same event times
+    (same task and arrival draws) under their own trace ids. The sim's task ids hardly repeat (517 distinct
+    in 520), so without these a run held 0 or 1 best-vs-worst pair: these make pairs certain."""
+    runs = _traces(n, seed, policy="random", start=start)[::every]
+    return [t.model_copy(update={"trace_id": f"{t.trace_id}-rival"}) for t in runs]
 
 
 async def _scored(settings, expected: int, timeout: float = 120) -> list[ScoredTrace]:
@@ -95,17 +103,19 @@ async def _wait_windows_cover(settings, n_sft_unique: int, timeout: float = 60) 
 
 
 async def test_pipeline_gates_every_error_mode(settings, tmp_path) -> None:
-    traces = _traces(520)
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    traces = _traces(520, start=start)
+    emitted = sorted([*traces, *_rivals(520, every=10, start=start)], key=lambda t: t.timestamp)
     worker = StreamsWorker(streams_env(settings, f"sf-{uuid.uuid4().hex[:8]}"), tmp_path / "worker.log").start()
     try:
         async with TraceEmitter(settings) as em:
-            for t in traces:
+            for t in emitted:
                 await em.emit_trace(t)
-        scored = await _scored(settings, len(traces))
+        scored = await _scored(settings, len(emitted))
         by_id = {s.trace.trace_id: s for s in scored}
-        assert len(by_id) == len(traces), worker.log()[-3000:]
+        assert len(by_id) == len(emitted), worker.log()[-3000:]
         # every trace arrives whole and unaltered
-        assert all(by_id[t.trace_id].trace == as_scored(t) for t in traces)
+        assert all(by_id[t.trace_id].trace == as_scored(t) for t in emitted)
 
         table: dict[str, Counter[str]] = defaultdict(Counter)
         for t in traces:
@@ -133,8 +143,9 @@ async def test_pipeline_gates_every_error_mode(settings, tmp_path) -> None:
         windows = await _wait_windows_cover(settings, len(unique))
         latest = {w.window_id: w for w in windows}
         assert sum(w.n_sft for w in latest.values()) == len(unique)
-        assert sum(w.n_traces for w in latest.values()) == len(traces)
+        assert sum(w.n_traces for w in latest.values()) == len(emitted)
         pairs = await _decoded(settings, settings.topics.dataset_dpo, PreferencePair)  # written before the windows
+        assert pairs, "no preference pair, though 52 tasks ran twice (teacher and random policy)"
         assert sum(w.n_pairs for w in latest.values()) == len({p.pair_id for p in pairs})
         for p in pairs:
             assert p.chosen_score - p.rejected_score > 0.2 or p.metadata.get("rule") == "teacher_student"
