@@ -234,6 +234,9 @@ class StreamsApp:
         self._activity.clear()
         # an expiry asked for before may have gone to another worker's partition: ask again when due
         self._expiring.clear()
+        # "idle" counts from here: a worker that just got its partitions has not read their backlog yet, and
+        # closing the windows it recovered at the first tick would count that backlog as late
+        self._last_item_wall = time.monotonic()
 
     async def _on_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
         # A batch still held is not finished here: its events were not acked, so they are read again.
