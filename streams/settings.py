@@ -76,7 +76,9 @@ class StreamsSection(_Section):
         "agent sent it — then restrict who may read that topic",
     )
     window_idle_close_s: float = Field(
-        default=30.0, gt=0, description="no traces for this long (wall clock): close every open window"
+        default=30.0, gt=0,
+        description="no traces for this long (wall clock, counted from when the worker got its partitions): "
+        "close every open window",
     )
     window_tick_interval_s: float = Field(default=5.0, gt=0, description="how often idleness is checked")
     max_clock_skew_s: float = Field(
