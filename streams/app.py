@@ -21,7 +21,8 @@ the partition of the record being processed, so a table must be keyed like its s
    window counts, pair candidates per window and task). Publishes SFT examples, and at close the
    pairs and then `DatasetWindowClosed` (once the records it counts are acknowledged).
 
-Table values are the pydantic models themselves (`streams.tables`): no re-parsing per event.
+Table values: the assembly states as the batch work encoded them (bytes, passed through by the table codec),
+the window book and candidates as pydantic models (`streams.tables`), the references as ints.
 Delivery is at-least-once: record ids derive from trace ids, so redelivery writes the same records.
 """
 

@@ -32,8 +32,8 @@ def keep_queued_events(app: Any) -> None:
     flow = app.flow_control
     if getattr(flow, "_stillflow_keeps_queued", False):
         return
-    if not all(hasattr(flow, name) for name in ("resume", "is_active", "clear")):
-        raise RuntimeError(f"faust's flow control ({type(flow).__name__}) no longer has resume/is_active/clear: "
+    if not all(hasattr(flow, name) for name in ("resume", "is_active")):
+        raise RuntimeError(f"faust's flow control ({type(flow).__name__}) no longer has resume/is_active: "
                            "check streams.flow_control against the installed faust-streaming")
     resume = flow.resume
 
