@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from router.runtime import StudentBusy, StudentModel, StudentRunner, StudentTurn
 from router.settings import RouterSettings
 from router.switching import ModelSlots, VersionFollower
 from router.teacher import TeacherClient, TeacherRejected, TeacherUnavailable
-from router.traces import TraceBook, trace_identity, turn_steps
+from router.traces import TraceBook, header_text, trace_identity, turn_steps
 from router.wire import (
     ChatRequest,
     RequestError,
@@ -33,14 +32,13 @@ from router.wire import (
     tool_names,
 )
 from stillflow.chatformat import OutputFormatError, ParsedTurn, parse_assistant
-from stillflow.contracts import ID_PATTERN, ContractError, RouteDecision, new_id
+from stillflow.contracts import ContractError, RouteDecision, is_valid_id, new_id
 
 __all__ = ["RouterService", "Served", "HEADER_SERVED_BY"]
 
 log = logging.getLogger("stillflow.router")
 
 HEADER_SERVED_BY = "X-Stillflow-Served-By"
-_ID_RX = re.compile(ID_PATTERN)
 
 
 @dataclass
@@ -147,8 +145,8 @@ class RouterService:
         t0 = time.perf_counter()
         req = parse_request(body, self.section.max_new_tokens)
         trace_id, task_id = trace_identity(req.messages, headers)
-        agent = headers.get("x-stillflow-agent-id") or "agent"
-        agent_id = agent if _ID_RX.match(agent) else "agent"
+        agent = header_text(headers.get("x-stillflow-agent-id") or "agent")
+        agent_id = agent if is_valid_id(agent) else "agent"
         request_id = new_id()
         plan = self.policy.plan(trace_id, live=self.slots.live is not None, candidate=self.slots.candidate is not None)
         model = self.slots.acquire(plan.canary) if plan.ask_student else None

@@ -10,7 +10,7 @@ it calls tools) and one `tool_call` step per call, or an `output` step (its text
 from the request alone: the tool results sent since the last assistant turn, and the turn just served.
 Any replica numbers them the same, and a retried request repeats the same `seq` (the stream dedupes).
 
-The trace id is the `X-Stillflow-Trace-Id` header (an id that does not match `ID_PATTERN` is hashed),
+The trace id is the `X-Stillflow-Trace-Id` header (UTF-8; a value that is not a valid id is hashed),
 else derived from the conversation's opening (system prompt and first user message): agents should
 send the header, since two episodes with the same opening would otherwise share a trace. The task id
 is `X-Stillflow-Task-Id`, else derived from the opening likewise. `TraceBook` remembers, per trace,
@@ -28,21 +28,20 @@ from typing import Any
 
 from router.policy import ExpiringLRU
 from stillflow.contracts import (
-    ID_PATTERN,
     TOOL_NAME_PATTERN,
     ToolSpec,
     TraceOutcomeEvent,
     TraceStep,
     get_limits,
+    is_valid_id,
     utcnow,
 )
 
-__all__ = ["trace_identity", "TurnSteps", "turn_steps", "TraceRecord", "TraceBook", "HEADER_TRACE_ID",
+__all__ = ["header_text", "trace_identity", "TurnSteps", "turn_steps", "TraceRecord", "TraceBook", "HEADER_TRACE_ID",
            "HEADER_TASK_ID"]
 
 HEADER_TRACE_ID = "x-stillflow-trace-id"
 HEADER_TASK_ID = "x-stillflow-task-id"
-_ID_RX = re.compile(ID_PATTERN)
 _TOOL_RX = re.compile(TOOL_NAME_PATTERN)
 
 
@@ -54,10 +53,22 @@ def _digest(*parts: str, n: int = 24) -> str:
     return h.hexdigest()[:n]
 
 
+def header_text(value: str) -> str:
+    """A header value as the client meant it: HTTP servers decode header bytes as Latin-1, and clients
+    send non-ASCII ids (`suite/área`) as UTF-8 bytes; a value that is not UTF-8 stays as decoded."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 def _as_id(value: str | None, prefix: str) -> str | None:
     if not value:
         return None
-    return value if _ID_RX.match(value) else f"{prefix}-{_digest(value)}"
+    value = header_text(value)
+    return value if is_valid_id(value) else f"{prefix}-{_digest(value)}"
 
 
 def _text(content: Any) -> str:

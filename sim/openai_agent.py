@@ -21,11 +21,10 @@ from sim.tasks import SYSTEM_PROMPT, Task
 from sim.tools import ERROR_PREFIX, TOOL_SPECS, ToolBox
 from sim.world import World, get_world, stable_hex
 from stillflow.answers import answers_match
-from stillflow.contracts import ID_PATTERN, TOOL_NAME_PATTERN, AgentTrace, TraceOutcomeEvent, TraceStep, utcnow
+from stillflow.contracts import TOOL_NAME_PATTERN, AgentTrace, TraceOutcomeEvent, TraceStep, is_valid_id, utcnow
 
 __all__ = ["run_openai_episode", "make_client"]
 
-_ID = re.compile(ID_PATTERN)
 _TOOL = re.compile(TOOL_NAME_PATTERN)
 
 
@@ -45,7 +44,7 @@ def make_client(settings: Any) -> Any:
 
 
 def _safe_id(raw: str, trace_id: str, n: int) -> str:
-    return raw if raw and _ID.match(raw) else f"call_{stable_hex('callid', trace_id, n, raw, n=20)}"
+    return raw if raw and is_valid_id(raw) else f"call_{stable_hex('callid', trace_id, n, raw, n=20)}"
 
 
 def _safe_tool_name(raw: str) -> str:

@@ -3,8 +3,20 @@
 Exports the pydantic v2 models named in DESIGN.md, the JSON codec (`encode`, `decode`) and
 `ContractError`, the single error a consumer has to catch to dead-letter a record.
 
-Limits (largest step content, largest event) are process-wide and settable with `set_limits`,
+Limits (largest step content, largest event, longest id) are process-wide and settable with `set_limits`,
 because they must hold both where events are built (the SDK) and where they are read (every consumer).
+
+What a trace may hold (schema version 2):
+- ids (task, agent, trace, tool-call, example, pair, event): any printable text — no control or format
+  characters, no surrounding whitespace — of 1 to `Limits.max_id_chars` characters (`/`, `@`, `#`, `=`,
+  `+`, `|` and non-ASCII letters are ordinary); a whole number is taken as its decimal text. Model names,
+  versions, run ids and window ids stay `NAME_PATTERN` (they name files and directories);
+- `tool_result`: any JSON value, kept as JSON; `render_tool_result` gives the observation text the agent saw
+  (a string is itself, anything else compact JSON) — what the student reads, what the content limit counts;
+- `tool_args`: a JSON object (or its JSON text, as OpenAI's `arguments` are);
+- `null` for an optional field means absent (the field's default), in every event;
+- `metadata` values: strings; any other JSON value becomes its compact JSON text, `null` drops the key.
+Version 1 events (ids of the narrow pattern, string results) decode unchanged.
 """
 
 from __future__ import annotations
@@ -17,12 +29,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from functools import cache
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -33,7 +48,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "MAX_NESTING",
     "TOOL_NAME_PATTERN",
-    "ID_PATTERN",
+    "NAME_PATTERN",
+    "Id",
+    "id_problem",
+    "is_valid_id",
+    "render_tool_result",
     "Limits",
     "get_limits",
     "set_limits",
@@ -61,11 +80,12 @@ __all__ = [
     "new_id",
 ]
 
-SCHEMA_VERSION = 1
+# 2: ids are any bounded printable text, tool results any JSON value, null means absent (1 still decodes).
+SCHEMA_VERSION = 2
 # Tool names as OpenAI accepts them (letters, digits, _ and -), plus '.' for namespaced tools.
 TOOL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
-# Ids travel as Kafka keys and HTTP headers: printable, no spaces, bounded.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+# Names that become file and directory names (model names, versions, run ids) and window ids.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,7 @@ class Limits:
 
     max_step_content_chars: int = 65_536
     max_event_bytes: int = 1_048_576
+    max_id_chars: int = 256
 
 
 _limits = Limits()
@@ -86,7 +107,7 @@ def get_limits() -> Limits:
 def set_limits(limits: Limits) -> None:
     """Replace the process-wide limits (services call this from their settings at start)."""
     global _limits
-    if limits.max_step_content_chars <= 0 or limits.max_event_bytes <= 0:
+    if limits.max_step_content_chars <= 0 or limits.max_event_bytes <= 0 or limits.max_id_chars <= 0:
         raise ValueError("limits must be positive")
     _limits = limits
 
@@ -130,11 +151,93 @@ def _aware(ts: datetime) -> datetime:
     return ts
 
 
+# fields with a default, per model: a null sent for one of them means "absent"
+_DEFAULTED: dict[type, frozenset[str]] = {}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # the membership test is C code: only records that hold a null pay for the rest
+        if isinstance(data, dict) and None in data.values():
+            names = _DEFAULTED.get(cls)
+            if names is None:
+                names = _DEFAULTED[cls] = frozenset(n for n, f in cls.model_fields.items() if not f.is_required())
+            data = {k: v for k, v in data.items() if v is not None or k not in names}
+        return data
 
-IdStr = str  # documented alias; the pattern is applied with Field(pattern=ID_PATTERN)
+
+def id_problem(value: object) -> str | None:
+    """Why `value` is not a valid id (None when it is one): see the module doc."""
+    if not isinstance(value, str):
+        return f"must be text, not {type(value).__name__}"
+    limit = _limits.max_id_chars
+    if not value:
+        return "must not be empty"
+    if len(value) > limit:
+        return f"has {len(value)} characters, the limit is {limit}"
+    if not value.isprintable():
+        bad = next(ch for ch in value if not ch.isprintable())
+        return f"holds a control or non-printable character (U+{ord(bad):04X})"
+    if value[0].isspace() or value[-1].isspace():
+        return "must not start or end with whitespace"
+    return None
+
+
+def is_valid_id(value: object) -> bool:
+    """True when `value` may be an id (task, agent, trace, tool-call, example, ...)."""
+    return id_problem(value) is None
+
+
+def _id_before(value: Any) -> Any:
+    # real exports hold numeric ids (task 17): their decimal text is the id; a bool is no id
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _id_after(value: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(f"an id {problem}")
+    return value
+
+
+# The id type of every event: printable text, bounded by `Limits.max_id_chars`, safe as a Kafka key.
+Id = Annotated[str, BeforeValidator(_id_before), AfterValidator(_id_after)]
+
+
+def render_tool_result(value: JsonValue) -> str:
+    """The observation text of a tool result as the agent saw it: a string is itself, any other JSON value
+    its compact JSON (keys in their order, non-ASCII kept). Deterministic: the student, the scorer, the
+    redactor and the content limit all see this text."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _args_before(value: Any) -> Any:
+    # OpenAI's tool calls carry their arguments as JSON text: take the object it holds
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("tool_args must be a JSON object (or its JSON text); this text is not JSON") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"tool_args must be a JSON object, the text holds a {type(value).__name__}")
+    return value
+
+
+def _metadata_before(value: Any) -> Any:
+    # labels are text: other JSON values become their compact JSON text, a null label is absent
+    if isinstance(value, dict) and not all(type(v) is str for v in value.values()):
+        return {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+                for k, v in value.items() if v is not None}
+    return value
+
+
+Metadata = Annotated[dict[str, str], BeforeValidator(_metadata_before)]
 
 
 class StepType(str, Enum):
@@ -150,17 +253,29 @@ class TraceStep(_Model):
     step_type: StepType
     content: str = ""
     tool_name: str | None = Field(default=None, pattern=TOOL_NAME_PATTERN)
-    tool_args: dict[str, Any] | None = None
-    tool_result: str | None = None
-    tool_call_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    tool_args: Annotated[dict[str, Any] | None, BeforeValidator(_args_before)] = None
+    tool_result: JsonValue = None  # any JSON value; None: no result recorded (see `observation_text`)
+    tool_call_id: Id | None = None
     timestamp: datetime = Field(default_factory=utcnow)
 
-    @field_validator("content", "tool_result")
+    @field_validator("content")
     @classmethod
-    def _bounded(cls, v: str | None, info: ValidationInfo) -> str | None:
+    def _bounded(cls, v: str, info: ValidationInfo) -> str:
         limit = _limits.max_step_content_chars
-        if v is not None and len(v) > limit:
+        if len(v) > limit:
             raise ValueError(f"{info.field_name} has {len(v)} characters, the limit is {limit}")
+        return v
+
+    @field_validator("tool_result")
+    @classmethod
+    def _bounded_result(cls, v: JsonValue) -> JsonValue:
+        if v is None:
+            return v
+        limit = _limits.max_step_content_chars
+        # a string's own length; other values as rendered (the text the student would read)
+        n = len(v) if isinstance(v, str) else len(render_tool_result(v))
+        if n > limit:
+            raise ValueError(f"tool_result has {n} characters as rendered, the limit is {limit}")
         return v
 
     @field_validator("timestamp")
@@ -173,6 +288,13 @@ class TraceStep(_Model):
         if self.step_type is StepType.tool_call and not self.tool_name:
             raise ValueError("a tool_call step needs tool_name")
         return self
+
+    def observation_text(self) -> str:
+        """What the agent read back from this step's tool: the rendered `tool_result`, else the step's
+        `content`; `null` when it has neither (a tool that returned nothing)."""
+        if self.tool_result is not None:
+            return render_tool_result(self.tool_result)
+        return self.content if self.content else "null"
 
 
 class ToolSpec(_Model):
@@ -192,9 +314,9 @@ class ToolSpec(_Model):
 class AgentTrace(_Model):
     """A whole trajectory: the seed's fields plus what scoring and formatting need."""
 
-    trace_id: str = Field(default_factory=new_id, pattern=ID_PATTERN)
-    task_id: str = Field(pattern=ID_PATTERN)
-    agent_id: str = Field(default="agent", pattern=ID_PATTERN)
+    trace_id: Id = Field(default_factory=new_id)
+    task_id: Id
+    agent_id: Id = "agent"
     input_text: str
     system_prompt: str = ""
     tools: list[ToolSpec] = Field(default_factory=list)
@@ -210,7 +332,7 @@ class AgentTrace(_Model):
     expected_steps: int | None = Field(default=None, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
     # Free-form string labels (task family, split, the sim's injected error mode, ...).
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     timestamp: datetime = Field(default_factory=utcnow)
 
     @field_validator("timestamp")
@@ -222,7 +344,7 @@ class AgentTrace(_Model):
 class Event(_Model):
     """Common envelope: every event has an id, a schema version and an event time."""
 
-    event_id: str = Field(default_factory=new_id, pattern=ID_PATTERN)
+    event_id: Id = Field(default_factory=new_id)
     schema_version: int = SCHEMA_VERSION
     timestamp: datetime = Field(default_factory=utcnow)
 
@@ -242,9 +364,9 @@ class Event(_Model):
 class TraceStepEvent(Event):
     """One step, published live while the agent works. `seq` is the step's 0-based position."""
 
-    trace_id: str = Field(pattern=ID_PATTERN)
-    task_id: str = Field(pattern=ID_PATTERN)
-    agent_id: str = Field(default="agent", pattern=ID_PATTERN)
+    trace_id: Id
+    task_id: Id
+    agent_id: Id = "agent"
     seq: int = Field(ge=0)
     step: TraceStep
 
@@ -255,9 +377,9 @@ class TraceOutcomeEvent(Event):
     `steps` may carry the steps themselves for agents that buffered them (one event per trace).
     """
 
-    trace_id: str = Field(pattern=ID_PATTERN)
-    task_id: str = Field(pattern=ID_PATTERN)
-    agent_id: str = Field(default="agent", pattern=ID_PATTERN)
+    trace_id: Id
+    task_id: Id
+    agent_id: Id = "agent"
     n_steps: int = Field(ge=0)
     input_text: str
     system_prompt: str = ""
@@ -272,7 +394,7 @@ class TraceOutcomeEvent(Event):
     ground_truth: str | None = None
     expected_steps: int | None = Field(default=None, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     steps: list[TraceStep] | None = None
 
     @model_validator(mode="after")
@@ -297,7 +419,8 @@ class TraceOutcomeEvent(Event):
         validated under the same constraints, and `steps` must be `TraceStep` models (validated; they are
         not checked again here). The assembler calls this once per trace; validating took ~25 µs of the
         ~35 µs a trace's assembly costs. Tools and their schemas are shared with the event, not copied."""
-        data = {name: getattr(self, name) for name in _TRACE_FIELDS}
+        # a None is left out, as validation leaves out a null: the same fields set either way
+        data = {name: v for name in _TRACE_FIELDS if (v := getattr(self, name)) is not None}
         return AgentTrace.model_construct(**data, tools=list(self.tools), metadata=dict(self.metadata),
                                           steps=list(steps))
 
@@ -331,24 +454,24 @@ class ScoredTrace(Event):
 class SFTExample(Event):
     """One training conversation in OpenAI/trl messages format (tool_calls arguments as JSON strings)."""
 
-    example_id: str = Field(pattern=ID_PATTERN)
-    trace_id: str = Field(pattern=ID_PATTERN)
-    task_id: str = Field(pattern=ID_PATTERN)
+    example_id: Id
+    trace_id: Id
+    task_id: Id
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] = Field(default_factory=list)
     score: float = Field(ge=0, le=1)
     model_id: str = "unknown"
     window_start: datetime | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class PreferencePair(Event):
     """A DPO pair in trl's conversational format: shared prefix in `prompt`, the two continuations."""
 
-    pair_id: str = Field(pattern=ID_PATTERN)
-    task_id: str = Field(pattern=ID_PATTERN)
-    chosen_trace_id: str = Field(pattern=ID_PATTERN)
-    rejected_trace_id: str = Field(pattern=ID_PATTERN)
+    pair_id: Id
+    task_id: Id
+    chosen_trace_id: Id
+    rejected_trace_id: Id
     prompt: list[dict[str, Any]]
     chosen: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
@@ -356,7 +479,7 @@ class PreferencePair(Event):
     chosen_score: float = Field(ge=0, le=1)
     rejected_score: float = Field(ge=0, le=1)
     window_start: datetime | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class OffsetRange(_Model):
@@ -367,7 +490,7 @@ class OffsetRange(_Model):
 
 
 class DatasetWindowClosed(Event):
-    window_id: str = Field(pattern=ID_PATTERN)
+    window_id: str = Field(pattern=NAME_PATTERN)
     window_start: datetime
     window_end: datetime
     n_traces: int = Field(default=0, ge=0)
@@ -378,20 +501,20 @@ class DatasetWindowClosed(Event):
 
 
 class TrainingRunEvent(Event):
-    run_id: str = Field(pattern=ID_PATTERN)
+    run_id: str = Field(pattern=NAME_PATTERN)
     status: Literal["requested", "started", "finished", "failed"]
-    model_name: str = Field(pattern=ID_PATTERN)
+    model_name: str = Field(pattern=NAME_PATTERN)
     n_new_examples: int = Field(default=0, ge=0)
     watermark: str | None = None
     version: str | None = None
     error: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
-    retry_of: str | None = Field(default=None, pattern=ID_PATTERN)  # the interrupted run this one re-runs
+    retry_of: str | None = Field(default=None, pattern=NAME_PATTERN)  # the interrupted run this one re-runs
 
 
 class ModelVersionEvent(Event):
-    model_name: str = Field(pattern=ID_PATTERN)
-    version: str = Field(pattern=ID_PATTERN)
+    model_name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=NAME_PATTERN)
     status: Literal["candidate", "promoted", "rejected", "rolled_back"]
     path: str | None = None
     manifest_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
@@ -408,8 +531,8 @@ class RouteDecision(Event):
     (`invalid_output`: unreadable, cut off, a tool the request does not offer) or was saturated
     (`student_busy`). `served_by` is "none" (and `error` says why) when nobody could answer."""
 
-    trace_id: str = Field(pattern=ID_PATTERN)
-    request_id: str = Field(pattern=ID_PATTERN)
+    trace_id: Id
+    request_id: Id
     served_by: str  # a model version, "teacher", or "none" (the request failed: see `error`)
     student_version: str | None = None
     confidence: float | None = None

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stillflow.contracts import ID_PATTERN, ModelVersionEvent
+from stillflow.contracts import NAME_PATTERN, ModelVersionEvent
 
 __all__ = [
     "MANIFEST",
@@ -60,7 +60,7 @@ MANIFEST = "manifest.json"
 STATE = "state.json"
 STATUSES = ("candidate", "promoted", "rejected", "rolled_back")
 _VERSION_RX = re.compile(r"^v(\d{4,})$")
-_ID_RX = re.compile(ID_PATTERN)
+_ID_RX = re.compile(NAME_PATTERN)
 
 
 class RegistryError(RuntimeError):
@@ -125,7 +125,7 @@ class ModelRegistry:
 
     def __init__(self, root: str | Path, model: str) -> None:
         if not _ID_RX.match(model):
-            raise RegistryError(f"model name {model!r} must match {ID_PATTERN}")
+            raise RegistryError(f"model name {model!r} must match {NAME_PATTERN}")
         self.root = Path(root)
         self.model = model
         self.dir = self.root / model

@@ -88,9 +88,10 @@ class TopicNames(_Section):
 class LimitsSettings(_Section):
     max_step_content_chars: int = Field(default=65_536, gt=0)
     max_event_bytes: int = Field(default=1_048_576, gt=0)
+    max_id_chars: int = Field(default=256, gt=0, description="longest id (task, agent, trace, tool call, ...)")
 
     def apply(self) -> None:
-        set_limits(Limits(self.max_step_content_chars, self.max_event_bytes))
+        set_limits(Limits(self.max_step_content_chars, self.max_event_bytes, self.max_id_chars))
 
 
 class SDKSettings(_Section):

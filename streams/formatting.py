@@ -9,7 +9,8 @@ The conversation:
 - reasoning text before a tool call becomes the content of the assistant message that carries the
   call; consecutive tool calls share one assistant message, each as
   `{"id", "type": "function", "function": {"name", "arguments": <JSON string>}}`;
-- each observation becomes `{"role": "tool", "tool_call_id", "name", "content"}`, matched to its call
+- each observation becomes `{"role": "tool", "tool_call_id", "name", "content"}` (the content is the
+  step's `observation_text()`: its tool result rendered as the agent saw it), matched to its call
   by `tool_call_id`, else by tool name, else to the oldest unanswered call; an observation that
   answers no call is dropped; a call that never got an observation gets an empty tool message
   (so the conversation stays valid for chat templates and the OpenAI API);
@@ -99,8 +100,8 @@ def trace_to_messages(trace: AgentTrace) -> list[dict[str, Any]]:
             if match is None:
                 continue  # answers no open call: nothing valid to attach it to
             unanswered.remove(match)
-            result = step.tool_result if step.tool_result is not None else step.content
-            messages.append({"role": "tool", "tool_call_id": match[0], "name": match[1], "content": result})
+            messages.append({"role": "tool", "tool_call_id": match[0], "name": match[1],
+                             "content": step.observation_text()})
             turn_answered = True
         else:  # reasoning or output: assistant text for the next assistant message
             text = step.content.strip()

@@ -48,7 +48,7 @@ def render_trace(trace: AgentTrace, max_chars: int = 12_000) -> str:
             pre = f"{s.content} " if s.content else ""
             lines.append(f"[{i}] CALL: {pre}{s.tool_name}({args})")
         elif s.step_type is StepType.observation:
-            lines.append(f"[{i}] RESULT: {s.tool_result if s.tool_result is not None else s.content}")
+            lines.append(f"[{i}] RESULT: {s.observation_text()}")
         else:
             lines.append(f"[{i}] OUTPUT: {s.content}")
     lines.append(f"FINAL ANSWER: {trace.final_output}")

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from stillflow.contracts import AgentTrace, PreferencePair, SFTExample
+from stillflow.contracts import AgentTrace, PreferencePair, SFTExample, render_tool_result
 
 __all__ = [
     "KINDS",
@@ -594,6 +594,21 @@ class Redactor:
         rejected, _ = self.redact_messages(pair.rejected, c)
         return pair.model_copy(update={"prompt": prompt, "chosen": chosen, "rejected": rejected}), dict(c)
 
+    def _tool_result(self, value: Any, c: Counter[str]) -> Any:
+        """A tool result redacted: a string as text; any other JSON value leaf by leaf (it stays JSON, and
+        secrets under secret-looking keys are caught), then its rendered text is searched too (what the
+        student reads): anything still found there turns the result into that redacted text."""
+        if value is None or isinstance(value, str):
+            return value if value is None else self.redact_text(value, c)
+        red = self._json(value, c)
+        text = render_tool_result(red)
+        found: Counter[str] = Counter()
+        again = self.redact_text(text, found)
+        if found:
+            c.update(found)
+            return again
+        return red
+
     def redact_trace(self, trace: AgentTrace) -> tuple[AgentTrace, dict[str, int]]:
         """A copy of a trace with its texts redacted: input, system prompt, every step's content, tool
         arguments and result, the final output, the error and the ground truth. (After `redact_messages`
@@ -604,7 +619,7 @@ class Redactor:
         for s in trace.steps:
             content = t(s.content, c)
             args = self._json(s.tool_args, c) if s.tool_args is not None else None
-            result = t(s.tool_result, c) if s.tool_result is not None else None
+            result = self._tool_result(s.tool_result, c)
             if content == s.content and args == s.tool_args and result == s.tool_result:
                 steps.append(s)  # nothing found: the step itself (a copy per step was a fifth of the cost)
             else:

@@ -159,14 +159,14 @@ class ScoringConfig:
     redact_pii: bool
     redact_scored: bool
     window_size_s: float
-    limits: tuple[int, int]  # the contract limits (encode refuses larger records)
+    limits: tuple[int, int, int]  # the contract limits (encode refuses larger records)
 
     @classmethod
     def from_settings(cls, settings: StreamsSettings) -> ScoringConfig:
         lim = get_limits()
         return cls(quality=settings.quality.model_dump(), redact_pii=settings.streams.redact_pii,
                    redact_scored=settings.streams.redact_scored, window_size_s=settings.streams.window_size_s,
-                   limits=(lim.max_step_content_chars, lim.max_event_bytes))
+                   limits=(lim.max_step_content_chars, lim.max_event_bytes, lim.max_id_chars))
 
     def pipeline(self) -> TracePipeline:
         return TracePipeline.from_quality(QualitySettings.model_validate(self.quality), redact=self.redact_pii,

@@ -1,6 +1,7 @@
 """Hypothesis strategies for fuzzing decoders and the stream: valid events, and bad records of every sort.
 
-`valid_step` / `valid_outcome` build contract-valid event dicts (with awkward but legal Unicode);
+`valid_step` / `valid_outcome` build contract-valid event dicts (with awkward but legal Unicode, ids of
+real agents up to the length bound, any JSON value as a tool result, and nulls for optional fields);
 `bad_record(base)` turns a valid encoded event into a record that must be dead-lettered (arbitrary
 bytes, truncated JSON, wrong types, huge strings, deep nesting, invalid Unicode, NaN, ...), and
 `any_record(base)` mixes those with mutations that may or may not stay valid. `draw_batch` draws a
@@ -48,7 +49,25 @@ EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 AWKWARD = ["\x00", "\x1f", "\u202e", "\u200d", "\U0001F600", "\U0001F469\u200d\U0001F4BB", "e\u0301",
            "\u2028", "\u2029", "\ufeff", '"', "\\", "\n", "\uffff", "\U0010FFFF", "</script>", "{}[]"]
 
-ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,20}", fullmatch=True)
+# Ids: any printable text without surrounding whitespace, up to FUZZ_LIMITS.max_id_chars (set below):
+# narrow ones, namespaced ones, provider tool-call ids, and unicode ones exactly at the bound.
+ID_BOUND = 64
+_id_chars = st.characters(codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"))
+_id_inner = st.characters(codec="utf-8", exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")).filter(
+    lambda ch: ch == " " or not ch.isspace())
+ids = st.one_of(
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,20}", fullmatch=True),
+    st.builds(lambda a, mid, b: a + mid + b, _id_chars, st.text(_id_inner, max_size=20), _id_chars)
+    .filter(lambda s: s.isprintable()),
+    st.sampled_from(["suite/area/user_task_0", "agent@team#7", "a=b+c|d", "tâche/été/№5", "用户任务/3",
+                     "call_9fGh2KxL0pQ", "toolu_01A09q90qw90lq917835lq9", "0b9e6f2c-3c5e-4f1e-9a4b-2d8c1f7e6a50",
+                     "7", "x" * ID_BOUND, "é" * ID_BOUND, "\U0001F600" * ID_BOUND, "a" * (ID_BOUND - 1) + "\U00010348"]),
+)
+# a field left absent by sending null
+def nullable(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.none(), strategy)
+
+
 tool_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,15}", fullmatch=True)
 text = st.one_of(
     st.text(max_size=60),  # hypothesis' text never holds lone surrogates
@@ -83,18 +102,26 @@ def valid_trace_step(draw: Any) -> dict[str, Any]:
     if kind == "tool_call" or draw(st.booleans()):
         step["tool_name"] = draw(tool_names)
     if kind == "tool_call":
-        step["tool_args"] = draw(st.dictionaries(text, json_values, max_size=4))
-        step["tool_call_id"] = draw(ids)
+        args = draw(st.dictionaries(text, json_values, max_size=4))
+        step["tool_args"] = json.dumps(args) if draw(st.booleans()) else args  # OpenAI's arguments are text
+        step["tool_call_id"] = draw(nullable(ids))
     if kind == "observation":
-        step["tool_result"] = draw(text)
+        # any JSON value, nested ones included; null: no result recorded
+        step["tool_result"] = draw(st.one_of(text, json_values))
+        if draw(st.booleans()):
+            step["tool_call_id"] = draw(nullable(ids))
+    # (not the timestamp: a null one is "now", different at each decode)
+    for optional in ("content", "tool_name", "tool_args", "tool_result", "tool_call_id"):
+        if optional in step and kind != "tool_call" and draw(st.integers(0, 9)) == 0:
+            step[optional] = None
     return step
 
 
 @st.composite
 def valid_step(draw: Any, trace_id: str | None = None, seq: int | None = None) -> dict[str, Any]:
     return {
-        "event_id": draw(ids), "schema_version": 1, "timestamp": draw(timestamps),
-        "trace_id": trace_id or draw(ids), "task_id": draw(ids), "agent_id": draw(ids),
+        "event_id": draw(ids), "schema_version": draw(st.sampled_from([1, 2])), "timestamp": draw(timestamps),
+        "trace_id": trace_id or draw(ids), "task_id": draw(ids), "agent_id": draw(nullable(ids)),
         "seq": seq if seq is not None else draw(st.integers(0, 50)), "step": draw(valid_trace_step()),
     }
 
@@ -104,14 +131,18 @@ def valid_outcome(draw: Any, trace_id: str | None = None, inline: bool | None = 
     inline = draw(st.booleans()) if inline is None else inline
     steps = draw(st.lists(valid_trace_step(), max_size=4)) if inline else None
     out: dict[str, Any] = {
-        "event_id": draw(ids), "schema_version": 1, "timestamp": draw(timestamps),
-        "trace_id": trace_id or draw(ids), "task_id": draw(ids), "agent_id": draw(ids),
+        "event_id": draw(ids), "schema_version": draw(st.sampled_from([1, 2])), "timestamp": draw(timestamps),
+        "trace_id": trace_id or draw(ids), "task_id": draw(ids), "agent_id": draw(nullable(ids)),
         "n_steps": len(steps) if steps is not None else draw(st.integers(0, 20)),
-        "input_text": draw(text), "final_output": draw(text), "success": draw(st.booleans()),
-        "quality_score": draw(st.none() | st.floats(0, 1)), "total_tokens": draw(st.integers(0, 10**9)),
-        "wall_time_seconds": draw(st.floats(0, 1e6)), "cost_usd": draw(st.floats(0, 1e3)),
-        "metadata": draw(st.dictionaries(text, text, max_size=3)),
-        "tools": [{"name": name, "parameters": draw(schemas)} for name in draw(st.lists(tool_names, max_size=2))],
+        "input_text": draw(text), "final_output": draw(nullable(text)), "success": draw(nullable(st.booleans())),
+        "quality_score": draw(st.none() | st.floats(0, 1)), "total_tokens": draw(nullable(st.integers(0, 10**9))),
+        "wall_time_seconds": draw(nullable(st.floats(0, 1e6))), "cost_usd": draw(nullable(st.floats(0, 1e3))),
+        "system_prompt": draw(nullable(text)), "error": draw(nullable(text)), "ground_truth": draw(nullable(text)),
+        "expected_steps": draw(nullable(st.integers(0, 50))), "model_id": draw(nullable(text)),
+        # labels: text, or any JSON value (kept as its JSON text; a null label is absent)
+        "metadata": draw(nullable(st.dictionaries(text, st.one_of(text, json_values), max_size=3))),
+        "tools": [{"name": name, "parameters": draw(schemas), "description": draw(nullable(text))}
+                  for name in draw(st.lists(tool_names, max_size=2))],
     }
     if steps is not None:
         for step in steps:  # call the declared tools, so that their schemas are applied
@@ -158,7 +189,7 @@ NASTY: list[tuple[str, bytes, str]] = [
     ("JSON number", b"42", "schema"),
     ("empty object", b"{}", "schema"),
     ("RTL override in an id", _dumps({"trace_id": "t\u202e1"}), "schema"),
-    ("emoji in an id", _dumps({"trace_id": "\U0001F600"}), "schema"),
+    ("zero-width joiner in an id", _dumps({"trace_id": "a\u200db"}), "schema"),
     ("NUL in an id", _dumps({"trace_id": "a\x00b"}), "schema"),
 ]
 
@@ -186,8 +217,12 @@ def bad_record(draw: Any, base: bytes, required: tuple[str, ...] = ("trace_id", 
             wrong.remove(12345)  # a number is a valid (epoch seconds) time
         elif isinstance(current, str):
             wrong.remove("1x maybe")
+            if field.endswith("_id"):
+                wrong.remove(12345)  # a whole number is taken as an id's text
         elif isinstance(current, int | float) and not isinstance(current, bool):
             wrong.remove(12345)
+        elif field == "metadata":
+            wrong.remove({"n": {"m": 1}})  # a label may hold any JSON value (kept as its JSON text)
         obj[field] = draw(st.sampled_from(wrong))
         return _dumps(obj)
     if how == "drop":
@@ -222,7 +257,10 @@ def bad_record(draw: Any, base: bytes, required: tuple[str, ...] = ("trace_id", 
     if how == "not_object":
         return _dumps(draw(json_values.filter(lambda v: not isinstance(v, dict))))
     if how == "bad_id":
-        obj["trace_id"] = draw(st.sampled_from(["", " ", "a b", "t\u202e1", "\U0001F600", "a\x00", "x" * 129, "-a"]))
+        # empty, whitespace around it, control / format / separator characters, one past the bound
+        obj["trace_id"] = draw(st.sampled_from(["", " ", " a", "a ", "a\tb", "t\u202e1", "a\u200db", "a\x00",
+                                                "a\u2028b", "a\x7f", "a\x85", "x" * (ID_BOUND + 1),
+                                                "\U0001F600" * (ID_BOUND + 1)]))
         return _dumps(obj)
     if how == "bad_time":
         obj["timestamp"] = draw(st.sampled_from([
@@ -259,7 +297,7 @@ def draw_batch(strategy: st.SearchStrategy[Any], n: int) -> list[Any]:
 
 
 # Small size limits for the fuzz modules: oversize inputs are cheap to make and the limits are exercised.
-FUZZ_LIMITS = Limits(max_step_content_chars=20_000, max_event_bytes=60_000)
+FUZZ_LIMITS = Limits(max_step_content_chars=20_000, max_event_bytes=60_000, max_id_chars=ID_BOUND)
 
 
 @pytest.fixture(scope="module")

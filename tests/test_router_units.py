@@ -265,7 +265,12 @@ def test_trace_identity_and_the_outcome() -> None:
     assert trace_identity(OPEN, {"x-stillflow-trace-id": "tr-1", "x-stillflow-task-id": "task-9"}) == ("tr-1", "task-9")
     derived = trace_identity(OPEN, {})
     assert derived == trace_identity([*OPEN, CALL], {}) and derived[0].startswith("conv-")
-    assert trace_identity(OPEN, {"x-stillflow-trace-id": "has spaces"})[0].startswith("tr-")
+    # any printable id is kept (UTF-8 sent as header bytes, which servers decode as Latin-1, is read back)
+    assert trace_identity(OPEN, {"x-stillflow-trace-id": "suite/area/user_task_0 #2"})[0] == "suite/area/user_task_0 #2"
+    raw = "tâche/été".encode().decode("latin-1")
+    assert trace_identity(OPEN, {"x-stillflow-task-id": raw})[1] == "tâche/été"
+    assert trace_identity(OPEN, {"x-stillflow-trace-id": "tab\there"})[0].startswith("tr-")
+    assert trace_identity(OPEN, {"x-stillflow-trace-id": "x" * 300})[0].startswith("tr-")
     book = TraceBook()
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
     book.record(trace_id="tr-1", task_id="task-9", agent_id="a", tools=tools, turn=turn_steps(OPEN, CALL),

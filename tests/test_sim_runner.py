@@ -28,7 +28,7 @@ from sim.settings import ErrorRates, SimSettings, with_sim
 from sim.tasks import FAMILIES, get_suite
 from sim.tools import REFUSED_PREFIX, TOOL_NAMES, TOOL_SPECS, ToolError, spec_for, validate_args
 from stillflow.answers import answers_match
-from stillflow.contracts import ID_PATTERN, AgentTrace, StepType, TraceOutcomeEvent
+from stillflow.contracts import NAME_PATTERN, AgentTrace, StepType, TraceOutcomeEvent
 
 
 def only(mode: str) -> TeacherPolicy:
@@ -37,7 +37,7 @@ def only(mode: str) -> TeacherPolicy:
 
 def check_shape(t: AgentTrace) -> None:
     """The trace conventions other packages rely on."""
-    assert re.match(ID_PATTERN, t.trace_id) and re.match(ID_PATTERN, t.task_id)
+    assert re.match(NAME_PATTERN, t.trace_id) and re.match(NAME_PATTERN, t.task_id)
     assert t.tools == TOOL_SPECS and t.system_prompt and t.ground_truth is not None
     assert set(t.metadata) >= {"family", "split", "error_mode", "policy"}
     assert t.metadata["split"] in ("train", "heldout")

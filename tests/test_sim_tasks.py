@@ -11,7 +11,7 @@ from sim.tasks import FAMILIES, HELDOUT_FRACTION, Suite, get_suite, split_of
 from sim.tools import ERROR_PREFIX, ToolBox
 from sim.world import World, get_world
 from stillflow.answers import extract_numbers, normalise
-from stillflow.contracts import ID_PATTERN
+from stillflow.contracts import NAME_PATTERN
 
 EXPECTED_STEPS = {"lookup": 4, "search_read": 7, "query_compute": 7, "multi_hop": 10, "no_tools": 2, "recovery": 7}
 
@@ -34,7 +34,7 @@ def test_10000_distinct_instances(suite: Suite, family: str) -> None:
     tasks = [fam.instance(i) for i in range(10_000)]
     assert len({t.question for t in tasks}) == 10_000
     assert len({t.task_id for t in tasks}) == 10_000
-    assert all(re.match(ID_PATTERN, t.task_id) for t in tasks[:200])
+    assert all(re.match(NAME_PATTERN, t.task_id) for t in tasks[:200])
     assert {t.expected_steps for t in tasks} == {EXPECTED_STEPS[family]}
 
 

@@ -49,7 +49,7 @@ from stillflow.chatformat import (
     parse_assistant,
     turn_confidence,
 )
-from stillflow.contracts import ID_PATTERN, TOOL_NAME_PATTERN, AgentTrace, TraceStep
+from stillflow.contracts import TOOL_NAME_PATTERN, AgentTrace, TraceStep, is_valid_id
 from stillflow.slots import SlotCodec
 from trainer.environment import EvalEnvironment, EvalTask, task_opening, task_tools
 
@@ -83,7 +83,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FAILURE_KINDS = ("wrong_tool", "unsafe_action", "crash", "wrong_answer")
-_ID_RX = re.compile(ID_PATTERN)
 _TOOL_RX = re.compile(TOOL_NAME_PATTERN)
 
 
@@ -171,7 +170,7 @@ class Episode:
 
 
 def _safe_id(value: str, prefix: str) -> str:
-    if _ID_RX.match(value):
+    if is_valid_id(value):
         return value
     import hashlib
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stillflow.contracts import ID_PATTERN
+from stillflow.contracts import NAME_PATTERN
 from stillflow.settings import StillflowSettings
 
 __all__ = [
@@ -181,7 +181,7 @@ class TrainerSection(_Section):
     """Everything the trainer service is tuned with (`STILLFLOW_TRAINER__...`)."""
 
     registry_dir: Path = Path("models")
-    model_name: str = Field(default="student", pattern=ID_PATTERN)
+    model_name: str = Field(default="student", pattern=NAME_PATTERN)
     retrain_threshold: int = Field(default=500, ge=1, description="new SFT examples (from window events) per run")
     min_training_examples: int = Field(default=200, ge=1, description="and at least this many in total")
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of task ids held out")

@@ -34,6 +34,20 @@ def _get(obj: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
+def _json_value(value: Any) -> Any:
+    """A tool's return value as JSON: JSON types as they are (dict keys as text), tuples as lists, anything
+    else (a dataclass, a datetime, ...) as its `str()` — what the agent would have shown the model."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return str(value)
+
+
 def step_from_result(result: Any) -> TraceStep:
     """Convert whatever `agent.step` returned into a validated TraceStep."""
     kind = _get(result, "step_type", "type")
@@ -47,7 +61,7 @@ def step_from_result(result: Any) -> TraceStep:
         content=_get(result, "content", default="") or "",
         tool_name=_get(result, "tool_name"),
         tool_args=_get(result, "tool_args"),
-        tool_result=None if tool_result is None else str(tool_result),
+        tool_result=_json_value(tool_result),
         tool_call_id=_get(result, "tool_call_id"),
     )
 
