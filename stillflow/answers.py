@@ -24,7 +24,9 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 
 __all__ = ["normalise", "extract_numbers", "truth_items", "answers_match"]
 
@@ -144,14 +146,12 @@ def _close(a: float, b: float, rel_tol: float, abs_tol: float) -> bool:
 
 
 def _numbers_match(got: list[float], want: tuple[float, ...], rel_tol: float, abs_tol: float) -> bool:
-    for w in want:
-        if not any(_close(g, w, rel_tol, abs_tol) for g in got):
-            return False
+    def stated(x: float, among: Iterable[float]) -> bool:
+        return any(_close(x, y, rel_tol, abs_tol) for y in among)
+
     count = float(len(set(want)))
-    for g in got:
-        if not any(_close(g, w, rel_tol, abs_tol) for w in want) and g != count:
-            return False  # another number: a wrong item (a count of the items is allowed)
-    return True
+    # every number of the truth, and no other (but a count of them: "the 2 files are 0 and 4")
+    return all(stated(w, got) for w in want) and all(stated(g, want) or g == count for g in got)
 
 
 def _word(item: str) -> re.Pattern[str]:
@@ -168,7 +168,7 @@ def _items_match(answer: str, items: tuple[str, ...]) -> bool:
             return False
         spans.append((m.start(), m.end()))
     spans.sort()
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in pairwise(spans):
         if start < end or not _ONLY_SEPS.fullmatch(a[end:start]):
             return False  # overlapping, or something else stated between two items
     tail, head = a[spans[-1][1]:], a[: spans[0][0]]
