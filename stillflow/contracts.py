@@ -37,6 +37,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Json,
     JsonValue,
     ValidationError,
     ValidationInfo,
@@ -151,23 +152,91 @@ def _aware(ts: datetime) -> datetime:
     return ts
 
 
-# fields with a default, per model: a null sent for one of them means "absent"
-_DEFAULTED: dict[type, frozenset[str]] = {}
+def _null_errors(err: ValidationError) -> list[tuple[int | str, ...]]:
+    """The locations where a null was refused for a field (not a list item): "null means absent" there."""
+    out = []
+    for e in err.errors():
+        loc = e["loc"]
+        if (e.get("input", ...) is None and e["type"] not in ("missing", "extra_forbidden") and loc
+                and isinstance(loc[-1], str)):
+            out.append(loc)
+    return out
+
+
+def _drop_nulls(data: Any, locs: list[tuple[int | str, ...]]) -> bool:
+    """Delete the nulls at `locs` from `data` (nested dicts and lists, copied on the way); True if any went."""
+    dropped = False
+    for loc in locs:
+        node = data
+        for part in loc[:-1]:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
+                break
+        if isinstance(node, dict) and node.get(loc[-1], ...) is None:
+            del node[loc[-1]]
+            dropped = True
+    return dropped
+
+
+def _copy_json(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _copy_json(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_copy_json(v) for v in data]
+    return data
 
 
 class _Model(BaseModel):
+    """Every contract model. A null sent for a field that has a default means "absent": such a record is
+    validated again without those nulls. The retry runs only after validation failed, so records that
+    hold no such null keep pydantic's validation in Rust (a before-validator on every model made trace
+    validation ~1.7x slower: pydantic builds Python objects for it)."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    @model_validator(mode="before")
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            locs = _null_errors(err)
+            data = _copy_json(data)
+            if not locs or not _drop_nulls(data, locs):
+                raise
+            super().__init__(**data)
+
+    # pydantic validates a nested model through a custom __init__ in Python (~40 µs more per trace with
+    # four tools); this one only adds the retry, so nested validation may stay in Rust (pydantic reads
+    # this flag when it builds each class; tests/test_contracts.py checks it is honoured)
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @classmethod
-    def _null_is_absent(cls, data: Any) -> Any:
-        # the membership test is C code: only records that hold a null pay for the rest
-        if isinstance(data, dict) and None in data.values():
-            names = _DEFAULTED.get(cls)
-            if names is None:
-                names = _DEFAULTED[cls] = frozenset(n for n, f in cls.model_fields.items() if not f.is_required())
-            data = {k: v for k, v in data.items() if v is not None or k not in names}
-        return data
+    def model_validate(cls, obj: Any, **kw: Any) -> Any:  # type: ignore[override]
+        try:
+            return super().model_validate(obj, **kw)
+        except ValidationError as err:
+            locs = _null_errors(err)
+            obj = _copy_json(obj)
+            if not locs or not _drop_nulls(obj, locs):
+                raise
+            return super().model_validate(obj, **kw)
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kw: Any) -> Any:  # type: ignore[override]
+        try:
+            return super().model_validate_json(json_data, **kw)
+        except ValidationError as err:
+            locs = _null_errors(err)
+            if not locs:
+                raise
+            try:
+                obj = json.loads(json_data)
+            except ValueError:
+                raise err from None
+            if not _drop_nulls(obj, locs):
+                raise
+            return super().model_validate(obj, **kw)
 
 
 def id_problem(value: object) -> str | None:
@@ -217,18 +286,6 @@ def render_tool_result(value: JsonValue) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def _args_before(value: Any) -> Any:
-    # OpenAI's tool calls carry their arguments as JSON text: take the object it holds
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise ValueError("tool_args must be a JSON object (or its JSON text); this text is not JSON") from None
-        if not isinstance(value, dict):
-            raise ValueError(f"tool_args must be a JSON object, the text holds a {type(value).__name__}")
-    return value
-
-
 def _metadata_before(value: Any) -> Any:
     # labels are text: other JSON values become their compact JSON text, a null label is absent
     if isinstance(value, dict) and not all(type(v) is str for v in value.values()):
@@ -253,7 +310,7 @@ class TraceStep(_Model):
     step_type: StepType
     content: str = ""
     tool_name: str | None = Field(default=None, pattern=TOOL_NAME_PATTERN)
-    tool_args: Annotated[dict[str, Any] | None, BeforeValidator(_args_before)] = None
+    tool_args: dict[str, Any] | Json[dict[str, Any]] | None = None  # OpenAI's arguments are JSON text
     tool_result: JsonValue = None  # any JSON value; None: no result recorded (see `observation_text`)
     tool_call_id: Id | None = None
     timestamp: datetime = Field(default_factory=utcnow)
@@ -419,8 +476,7 @@ class TraceOutcomeEvent(Event):
         validated under the same constraints, and `steps` must be `TraceStep` models (validated; they are
         not checked again here). The assembler calls this once per trace; validating took ~25 µs of the
         ~35 µs a trace's assembly costs. Tools and their schemas are shared with the event, not copied."""
-        # a None is left out, as validation leaves out a null: the same fields set either way
-        data = {name: v for name in _TRACE_FIELDS if (v := getattr(self, name)) is not None}
+        data = {name: getattr(self, name) for name in _TRACE_FIELDS}
         return AgentTrace.model_construct(**data, tools=list(self.tools), metadata=dict(self.metadata),
                                           steps=list(steps))
 

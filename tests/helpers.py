@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+from pydantic import BaseModel
 
 from stillflow.contracts import AgentTrace, ToolSpec, TraceStep
 from stillflow.settings import StillflowSettings
@@ -108,3 +109,50 @@ def built_streams_app(data_dir, *, partitions: int):
     settings = StreamsSettings(**base)
     settings = settings.model_copy(update={"streams": settings.streams.model_copy(update={"data_dir": data_dir})})
     return create_app(settings, partitions=partitions)
+
+
+_T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def sample_events() -> dict[type[BaseModel], BaseModel]:
+    """One valid instance of every contract model (fixed times and ids)."""
+    from stillflow.contracts import (
+        DatasetWindowClosed,
+        DeadLetter,
+        ModelVersionEvent,
+        OffsetRange,
+        PreferencePair,
+        RouteDecision,
+        ScoredTrace,
+        SFTExample,
+        TraceOutcomeEvent,
+        TraceStepEvent,
+        TrainingRunEvent,
+        TrajectoryScore,
+    )
+
+    step = TraceStep(step_type="tool_call", tool_name="calc", tool_args={"expr": "1+1"}, tool_call_id="c1",
+                     timestamp=_T0)
+    trace = AgentTrace(trace_id="t1", task_id="k1", input_text="q", steps=[step], final_output="2", success=True,
+                       tools=[ToolSpec(name="calc")], timestamp=_T0)
+    score = TrajectoryScore(correctness=1, efficiency=1, tool_selection=1, safety=1, reasoning_quality=1, overall=1)
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "2"}]
+    return {
+        TraceStepEvent: TraceStepEvent(trace_id="t1", task_id="k1", seq=0, step=step, timestamp=_T0),
+        TraceOutcomeEvent: TraceOutcomeEvent.from_trace(trace, include_steps=True),
+        AgentTrace: trace,
+        ScoredTrace: ScoredTrace(trace=trace, score=score, passed=True, timestamp=_T0),
+        SFTExample: SFTExample(example_id="e1", trace_id="t1", task_id="k1", messages=msgs, score=1, timestamp=_T0),
+        PreferencePair: PreferencePair(pair_id="p1", task_id="k1", chosen_trace_id="t1", rejected_trace_id="t2",
+                                       prompt=msgs[:1], chosen=msgs[1:], rejected=msgs[1:], chosen_score=1,
+                                       rejected_score=0, timestamp=_T0),
+        DatasetWindowClosed: DatasetWindowClosed(window_id="w1", window_start=_T0, window_end=_T0, timestamp=_T0,
+                                                 offsets=[OffsetRange(topic="x", partition=0, first=0, last=1)]),
+        TrainingRunEvent: TrainingRunEvent(run_id="r1", status="finished", model_name="m", metrics={"a": 1.0},
+                                           timestamp=_T0),
+        ModelVersionEvent: ModelVersionEvent(model_name="m", version="v1", status="promoted", manifest_sha256="0" * 64,
+                                             timestamp=_T0),
+        RouteDecision: RouteDecision(trace_id="t1", request_id="r1", served_by="teacher", reason="no_student",
+                                     timestamp=_T0),
+        DeadLetter: DeadLetter(source_topic="s", raw_b64="", raw_size=0, reason="r", kind="schema", timestamp=_T0),
+    }

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from stillflow import contracts as c
 from stillflow.contracts import ContractError, Limits, decode, encode, get_limits, set_limits
-from tests.helpers import make_trace
+from tests.helpers import make_trace, sample_events
 
 
 @pytest.fixture
@@ -220,9 +220,9 @@ def test_a_missing_result_reads_as_the_content_or_null() -> None:
 def test_tool_args_may_be_json_text() -> None:
     step = c.TraceStep(step_type="tool_call", tool_name="t", tool_args='{"q": "x", "n": 2}')
     assert step.tool_args == {"q": "x", "n": 2}
-    with pytest.raises(ValidationError, match="tool_args must be a JSON object"):
+    with pytest.raises(ValidationError, match=r"(?s)tool_args.*valid dictionary"):
         c.TraceStep(step_type="tool_call", tool_name="t", tool_args="[1, 2]")
-    with pytest.raises(ValidationError, match="this text is not JSON"):
+    with pytest.raises(ValidationError, match=r"(?s)tool_args.*Invalid JSON"):
         c.TraceStep(step_type="tool_call", tool_name="t", tool_args="q=x")
 
 
@@ -249,15 +249,31 @@ def test_null_for_a_required_field_is_still_an_error() -> None:
 
 
 def test_every_events_optional_fields_take_null() -> None:
-    """Every model: each field that has a default accepts null and takes that default."""
-    models = [m for m in vars(c).values() if isinstance(m, type) and issubclass(m, c._Model) and m is not c._Model]
-    assert len(models) >= 15
-    for model in models:
+    """Every event model, decoded, built and validated: each field that has a default takes null as absent
+    (nested ones too: a step's content inside an outcome)."""
+    for model, sample in sample_events().items():
+        data = json.loads(encode(sample))
         for name, f in model.model_fields.items():
-            if f.is_required() or f.default_factory is not None:
+            if f.is_required():
                 continue
-            assert model.__pydantic_validator__.validate_python  # the before-validator is every model's
-            assert c._Model._null_is_absent.__func__(model, {name: None}) == {}, (model, name)
+            raw = json.dumps({**data, name: None})
+            ev = decode(raw, model)
+            if f.default_factory is not None:  # a fresh id or "now": different at each validation
+                continue
+            assert getattr(ev, name) == f.default, (model.__name__, name)
+            assert model.model_validate_json(raw) == ev and model(**{**data, name: None}) == ev
+    outcome = json.loads(encode(c.TraceOutcomeEvent.from_trace(make_trace(1, 3), include_steps=True)))
+    outcome["steps"][1].update(content=None, tool_args=None, tool_result=None)
+    outcome["tools"][0]["description"] = None
+    ev = decode(json.dumps(outcome), c.TraceOutcomeEvent)
+    assert ev.steps[1].content == "" and ev.tools[0].description == ""
+
+
+def test_nested_models_are_validated_in_rust() -> None:
+    """The retry that makes null mean absent overrides __init__ without turning pydantic's nested validation
+    into Python calls (~40 µs more per trace)."""
+    models = [m for m in vars(c).values() if isinstance(m, type) and issubclass(m, c._Model)]
+    assert len(models) >= 15 and not any(m.__pydantic_custom_init__ for m in models)
 
 
 def test_metadata_labels_become_text_and_null_labels_go() -> None:

@@ -59,7 +59,7 @@ async def test_sdk_refuses_bad_input_naming_the_field(settings, limits_50k) -> N
                                                                     max_event_bytes=50_000)})
     async with TraceEmitter(settings) as em:
         with pytest.raises(ValidationError) as err:
-            await em.emit_step(trace_id="t 1", task_id="k", seq=0, step={"step_type": "output"})
+            await em.emit_step(trace_id="t\n1", task_id="k", seq=0, step={"step_type": "output"})
         assert "trace_id" in str(err.value)
         with pytest.raises(ValidationError) as err:
             await em.emit_step(trace_id="t1", task_id="k", seq=0, step={"step_type": "levitate"})

@@ -16,23 +16,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from stillflow.contracts import (
-    AgentTrace,
     ContractError,
-    DatasetWindowClosed,
-    DeadLetter,
     Limits,
-    ModelVersionEvent,
-    OffsetRange,
-    PreferencePair,
-    RouteDecision,
-    ScoredTrace,
-    SFTExample,
-    ToolSpec,
     TraceOutcomeEvent,
-    TraceStep,
     TraceStepEvent,
-    TrainingRunEvent,
-    TrajectoryScore,
     decode,
     encode,
     get_limits,
@@ -51,40 +38,13 @@ from tests.fuzz_inputs import (  # noqa: F401 - small_limits: a fixture
     valid_outcome,
     valid_step,
 )
+from tests.helpers import sample_events
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LIMITS = FUZZ_LIMITS
 
 
-def _samples() -> dict[type[BaseModel], BaseModel]:
-    step = TraceStep(step_type="tool_call", tool_name="calc", tool_args={"expr": "1+1"}, tool_call_id="c1",
-                     timestamp=T0)
-    trace = AgentTrace(trace_id="t1", task_id="k1", input_text="q", steps=[step], final_output="2", success=True,
-                       tools=[ToolSpec(name="calc")], timestamp=T0)
-    score = TrajectoryScore(correctness=1, efficiency=1, tool_selection=1, safety=1, reasoning_quality=1, overall=1)
-    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "2"}]
-    return {
-        TraceStepEvent: TraceStepEvent(trace_id="t1", task_id="k1", seq=0, step=step, timestamp=T0),
-        TraceOutcomeEvent: TraceOutcomeEvent.from_trace(trace, include_steps=True),
-        AgentTrace: trace,
-        ScoredTrace: ScoredTrace(trace=trace, score=score, passed=True, timestamp=T0),
-        SFTExample: SFTExample(example_id="e1", trace_id="t1", task_id="k1", messages=msgs, score=1, timestamp=T0),
-        PreferencePair: PreferencePair(pair_id="p1", task_id="k1", chosen_trace_id="t1", rejected_trace_id="t2",
-                                       prompt=msgs[:1], chosen=msgs[1:], rejected=msgs[1:], chosen_score=1,
-                                       rejected_score=0, timestamp=T0),
-        DatasetWindowClosed: DatasetWindowClosed(window_id="w1", window_start=T0, window_end=T0, timestamp=T0,
-                                                 offsets=[OffsetRange(topic="x", partition=0, first=0, last=1)]),
-        TrainingRunEvent: TrainingRunEvent(run_id="r1", status="finished", model_name="m", metrics={"a": 1.0},
-                                           timestamp=T0),
-        ModelVersionEvent: ModelVersionEvent(model_name="m", version="v1", status="promoted", manifest_sha256="0" * 64,
-                                             timestamp=T0),
-        RouteDecision: RouteDecision(trace_id="t1", request_id="r1", served_by="teacher", reason="no_student",
-                                     timestamp=T0),
-        DeadLetter: DeadLetter(source_topic="s", raw_b64="", raw_size=0, reason="r", kind="schema", timestamp=T0),
-    }
-
-
-SAMPLES = _samples()
+SAMPLES = sample_events()
 MODELS = list(SAMPLES)
 BASES = {m: encode(ev) for m, ev in SAMPLES.items()}
 REQUIRED = {m: tuple(n for n, f in m.model_fields.items() if f.is_required()) for m in MODELS}

@@ -21,7 +21,6 @@ from sim.policies import make_policy
 from sim.runner import iter_offline
 from stillflow.contracts import (
     DeadLetter,
-    Limits,
     ScoredTrace,
     TraceOutcomeEvent,
     TraceStep,
@@ -34,7 +33,7 @@ from stillflow.contracts import (
 from stillflow.dlq import decode_or_letter
 from stillflow.sdk import TraceEmitter
 from tests.fuzz_counts import count
-from tests.fuzz_inputs import bad_record, draw_batch
+from tests.fuzz_inputs import FUZZ_LIMITS, bad_record, draw_batch
 from tests.helpers import as_scored, make_trace, read_topics
 from tests.streams_worker import StreamsWorker, streams_env
 
@@ -42,7 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_BAD = 300
 N_TRACES = 60
-LIMITS = Limits(max_step_content_chars=20_000, max_event_bytes=60_000)  # what the strategies assume
+LIMITS = FUZZ_LIMITS  # what the strategies assume
 STEP_BASE = encode(TraceStepEvent(trace_id="t1", task_id="k1", seq=0, step=TraceStep(step_type="reasoning",
                                                                                      content="x")))
 OUTCOME_BASE = encode(TraceOutcomeEvent.from_trace(make_trace(1, 3)))
@@ -94,6 +93,7 @@ async def test_fuzzed_bad_records_are_dead_lettered_once_and_valid_traffic_untou
     env = streams_env(settings, f"sf-{uuid.uuid4().hex[:8]}", assembly_timeout_s=30)
     env["STILLFLOW_LIMITS__MAX_EVENT_BYTES"] = str(LIMITS.max_event_bytes)
     env["STILLFLOW_LIMITS__MAX_STEP_CONTENT_CHARS"] = str(LIMITS.max_step_content_chars)
+    env["STILLFLOW_LIMITS__MAX_ID_CHARS"] = str(LIMITS.max_id_chars)
     worker = StreamsWorker(env, tmp_path / "worker.log").start()
     try:
         topics = {"steps": settings.topics.trace_steps, "outcomes": settings.topics.trace_outcomes}

@@ -78,7 +78,7 @@ async def test_successful_run_is_recorded(settings) -> None:
     assert trace.model_id == "teacher-x" and trace.task_id == "geo-1" and trace.ground_truth == "Paris"
     steps, outs = await _read(settings, 5)
     assert [s.step.step_type.value for s in steps] == ["reasoning", "tool_call", "observation", "output"]
-    assert steps[2].step.tool_result == "{'hits': ['Paris is the capital']}"
+    assert steps[2].step.tool_result == {"hits": ["Paris is the capital"]}  # kept as JSON, not repr'd
     assert len(outs) == 1 and outs[0].success and outs[0].n_steps == 4
 
 
