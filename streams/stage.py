@@ -41,6 +41,8 @@ __all__ = ["InlineStage", "ProcessStage", "make_stage"]
 
 log = logging.getLogger(__name__)
 
+STARTUP_TIMEOUT_S = 60.0  # a child's imports; a batch's own bound (timeout_s) starts once it is ready
+
 
 class _Stage:
     def __init__(self, config: WorkConfig) -> None:
@@ -168,6 +170,7 @@ def _child_main(conn: Connection, config: WorkConfig, parent: int) -> None:
     """The scoring process: calls (a module function and its arguments) in, ("ok", result) or ("error", exc)
     out, one at a time, until the worker closes its end."""
     _child_init(config, parent)
+    conn.send(("ready", None))  # imports done: the worker's batch timeout starts counting from here
     while True:
         try:
             fn, args = conn.recv()
@@ -209,6 +212,19 @@ class _Child:
                                 name="stillflow-batch-work")
         self.proc.start()
         theirs.close()
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        """Block until the child has done its imports (blocking: run it in a thread); `_ChildDied` if it died."""
+        if self.ready:
+            return
+        try:
+            status, _ = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise _ChildDied(repr(exc)) from None
+        if status != "ready":
+            raise _ChildDied(f"the scoring process said {status!r} before it was ready")
+        self.ready = True
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` in the child (blocking: run it in a thread). Raises `_ChildDied` if the child is gone."""
@@ -260,13 +276,19 @@ class ProcessStage(_Stage):
                 self._child = self._spawn()
             child = self._child
             args = make_args(fresh)
+            starting = True
             try:
+                # its start (imports: seconds on a loaded machine) has its own bound, not the batch's
+                await asyncio.wait_for(asyncio.to_thread(child.wait_ready), max(self.timeout_s, STARTUP_TIMEOUT_S))
+                starting = False
                 return args, await asyncio.wait_for(asyncio.to_thread(child.call, fn, *args), self.timeout_s)
             except (_ChildDied, TimeoutError) as exc:
                 if self._closed:  # killed by close(): the worker is stopping, this is no crash
                     raise asyncio.CancelledError("the scoring process was closed") from None
                 self.restarts += 1
-                why = "died" if isinstance(exc, _ChildDied) else f"took over {self.timeout_s:g} s"
+                why = ("died" if isinstance(exc, _ChildDied) else
+                       f"did not start in {max(self.timeout_s, STARTUP_TIMEOUT_S):g} s" if starting else
+                       f"took over {self.timeout_s:g} s")
                 log.error("the scoring process %s; %s", why,
                           "starting another" if attempt == 1 else "scoring in the worker from now on")
                 self._kill()

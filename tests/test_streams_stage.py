@@ -159,6 +159,11 @@ async def test_a_child_that_cannot_live_leaves_the_work_to_the_worker(records, m
 class _BrokenChild:
     """A scoring process that dies before it answers anything."""
 
+    def wait_ready(self) -> None:
+        from streams.stage import _ChildDied
+
+        raise _ChildDied("cannot start")
+
     def call(self, fn, *args):
         from streams.stage import _ChildDied
 
