@@ -195,7 +195,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.enter_context(_process(["sim", "teacher-server", "--port", str(tport), "--policy", "perfect",
                                       "--latency-ms", str(args.teacher_latency_ms),
                                       "--jitter-ms", str(args.teacher_jitter_ms)],
-                                     env, work / "teacher.log", f"http://127.0.0.1:{tport}/healthz"))
+                                     env, work / "teacher.log", f"http://127.0.0.1:{tport}/readyz"))
         stack.enter_context(_process(["router", "--port", str(rport), "--teacher-url", teacher, "--teacher-only"],
                                      env, work / "router.log", f"http://127.0.0.1:{rport}/readyz"))
         progress("router-added latency (teacher-only router vs the teacher directly)")

@@ -73,11 +73,20 @@ class TeacherService:
                 return self.suite.get(task_id)
             except KeyError:
                 return None
+        index = await self.index_ready()
+        tid = index.get(question.strip())
+        return self.suite.get(tid) if tid else None
+
+    @property
+    def indexed(self) -> bool:
+        return self._by_question is not None
+
+    async def index_ready(self) -> dict[str, str]:
+        """The question → task id index, built once (in a thread: it visits every task of the suite)."""
         async with self._index_lock:
             if self._by_question is None:
                 self._by_question = await asyncio.to_thread(self._build_index)
-        tid = self._by_question.get(question.strip())
-        return self.suite.get(tid) if tid else None
+        return self._by_question
 
     def _build_index(self) -> dict[str, str]:
         index: dict[str, str] = {}
@@ -155,11 +164,25 @@ class TeacherService:
         )
 
 
-def create_app(settings: SimSettings | None = None, *, policy: Policy | None = None) -> FastAPI:
-    """The teacher server app (`uvicorn` runs it; tests may drive it through httpx's ASGI transport)."""
+def create_app(settings: SimSettings | None = None, *, policy: Policy | None = None,
+               eager_index: bool = False) -> FastAPI:
+    """The teacher server app (`uvicorn` runs it; tests may drive it through httpx's ASGI transport).
+
+    `eager_index`: build the question index (every task of the suite: seconds of CPU) at startup, so that the
+    first request that names no task id does not wait for it; `/readyz` answers 503 until it is built."""
     settings = settings or SimSettings()
     service = TeacherService(settings, policy)
-    app = FastAPI(title="stillflow sim teacher", version="1")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(service.index_ready()) if eager_index else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="stillflow sim teacher", version="1", lifespan=lifespan)
     app.state.service = service
 
     @app.post("/v1/chat/completions")
@@ -182,6 +205,11 @@ def create_app(settings: SimSettings | None = None, *, policy: Policy | None = N
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "policy": service.policy.name, "model": service.policy.model_id}
 
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = not eager_index or service.indexed
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
         return dict(service.stats)
@@ -194,7 +222,7 @@ def serve(settings: SimSettings | None = None, *, log_level: str = "warning") ->
     import uvicorn
 
     settings = settings or SimSettings()
-    uvicorn.run(create_app(settings), host=settings.sim.host, port=settings.sim.port, log_level=log_level)
+    uvicorn.run(create_app(settings, eager_index=True), host=settings.sim.host, port=settings.sim.port, log_level=log_level)
 
 
 @contextlib.asynccontextmanager

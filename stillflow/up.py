@@ -63,7 +63,7 @@ def plan_services(args: argparse.Namespace, out: Path) -> list[Service]:
     if args.sim:
         teacher_url = f"http://127.0.0.1:{args.teacher_port}/v1"
         services.append(Service("teacher", ["sim", "teacher-server", "--port", str(args.teacher_port)],
-                                ready_url=f"{teacher_url}/models"))
+                                ready_url=f"http://127.0.0.1:{args.teacher_port}/readyz"))  # its task index is built
     router = ["router", "--port", str(args.router_port), "--registry", registry, "--ready-without-student"]
     if teacher_url:
         router += ["--teacher-url", teacher_url]

@@ -122,7 +122,7 @@ async def test_router_replica_killed_under_load_the_other_keeps_serving(settings
         for i, port in enumerate(ports):
             procs.append(_spawn(["router", "--port", str(port), "--teacher-url", teacher, "--teacher-only"],
                                 {**env, "STILLFLOW_ROUTER__REPLICA_ID": f"fault-{i}"}, tmp_path / f"router{i}.log"))
-        await _ready(f"http://127.0.0.1:{tport}/healthz", procs[0], tmp_path / "teacher.log")
+        await _ready(f"http://127.0.0.1:{tport}/readyz", procs[0], tmp_path / "teacher.log")
         for i, port in enumerate(ports):
             await _ready(f"http://127.0.0.1:{port}/readyz", procs[1 + i], tmp_path / f"router{i}.log")
         victim, survivor = procs[1], procs[2]
