@@ -48,19 +48,27 @@ async def test_broker_paused_15s_services_carry_on_nothing_lost_or_duplicated(ow
     ), own_broker.bootstrap_servers)
     await ensure_topics(settings)
     start = datetime.now(UTC) - timedelta(seconds=20)
-    traces = list(iter_offline(150, make_policy("teacher"), seed=21, start=start, rate=10.0))
+    # more than are sent: the producer goes on at ~10 traces/s until 20 went after the resume (the worker's
+    # start, before the pause, takes as long as the machine needs)
+    traces = list(iter_offline(600, make_policy("teacher"), seed=21, start=start, rate=10.0))
     worker = StreamsWorker(streams_env(settings, f"fb-{uuid.uuid4().hex[:8]}"), tmp_path / "worker.log").start()
     loop = asyncio.get_running_loop()
     try:
         async with TraceEmitter(settings) as em:
             sent_at: dict[str, float] = {}
 
-            async def produce() -> None:  # ~10 traces/s for ~15 s, then the rest at once
-                for i, t in enumerate(traces):
+            resumed: list[float] = []
+
+            async def produce() -> None:  # ~10 traces/s until 20 were sent after the resume
+                after = 0
+                for t in traces:
                     await em.emit_trace(t)
                     sent_at[t.trace_id] = time.monotonic()
-                    if i < 150:
-                        await asyncio.sleep(0.1)
+                    after += bool(resumed and sent_at[t.trace_id] > resumed[0])
+                    if after >= 20:
+                        return
+                    await asyncio.sleep(0.1)
+                raise AssertionError("ran out of traces before 20 were sent after the resume")
 
             # before: the worker is up and scoring
             producing = asyncio.create_task(produce())
@@ -78,15 +86,16 @@ async def test_broker_paused_15s_services_carry_on_nothing_lost_or_duplicated(ow
             finally:
                 own_broker.resume()
                 t_resume = time.monotonic()
+                resumed.append(t_resume)
             await producing
             await em.flush()
             assert em.failed == 0
         during = [tid for tid, t in sent_at.items() if t_pause <= t <= t_resume]
         after = [tid for tid, t in sent_at.items() if t > t_resume]
-        before = len(traces) - len(during) - len(after)
+        before = len(sent_at) - len(during) - len(after)
         assert before and after, (before, len(during), len(after))
 
-        ids = {t.trace_id for t in traces}
+        ids = set(sent_at)
         deadline = loop.time() + 120
         scored: list[ScoredTrace] = []
         while loop.time() < deadline:
@@ -114,7 +123,7 @@ async def test_broker_paused_15s_services_carry_on_nothing_lost_or_duplicated(ow
         for e in sft:
             assert e.messages == unique[e.example_id].messages, "a redelivered record is identical"
         assert worker.alive(), worker.log()[-3000:]
-        print(f"\nbroker paused {PAUSE_S:.0f} s: {len(traces)} traces ({before} before, {len(during)} during, "
+        print(f"\nbroker paused {PAUSE_S:.0f} s: {len(sent_at)} traces ({before} before, {len(during)} during, "
               f"{len(after)} after); all scored {t_caught_up - t_resume:.1f} s after SIGCONT; scored records "
               f"{len(scored)} ({len(scored) - len(got)} redelivered), SFT records {len(sft)} for {len(passing)} "
               f"passing traces ({len(sft) - len(unique)} redelivered)")
