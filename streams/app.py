@@ -29,12 +29,11 @@ Delivery is at-least-once: record ids derive from trace ids, so redelivery write
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ from streams.score_stage import (
     WindowItem,
     decode_window_record,
     encode_window_record,
+    window_candidate,
 )
 from streams.settings import StreamsSettings
 from streams.stage import make_stage
@@ -69,6 +69,7 @@ from streams.windows import (
     WindowBook,
     WindowState,
     book_advance,
+    book_close_all,
     book_observe,
     merge_candidate,
     to_closed_event,
@@ -487,9 +488,7 @@ class StreamsApp:
         if entry.late:
             m.late_traces.inc()
         if entry.keep_candidate:
-            if example is not None and cand.messages is None:  # sent once, in the example
-                data = json.loads(example)
-                cand = cand.model_copy(update={"messages": data["messages"], "tools": data.get("tools", [])})
+            cand = window_candidate(item, example)
             ckey = f"c:{entry.window_key}:{cand.task_id}"
             work.candidates[ckey], _ = merge_candidate(work.candidates_of(ckey, self.windows), cand,
                                                        s.max_candidates_per_task)
@@ -560,9 +559,7 @@ class StreamsApp:
         work = _WindowWork(self._book())
         if not work.book.windows:
             return
-        newest_end = max(w.end for w in work.book.windows.values())
-        work.book, closing = book_advance(work.book, newest_end + timedelta(seconds=s.window_grace_s),
-                                          grace_s=s.window_grace_s)
+        work.book, closing = book_close_all(work.book, grace_s=s.window_grace_s)
         for w, tasks in closing:
             await self._close(work, w, tasks)
         await self._flush_window_work(work)

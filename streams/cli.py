@@ -1,4 +1,5 @@
-"""`stillflow streams` (run a worker) and `stillflow export` (dataset topics → JSONL files).
+"""`stillflow streams` (run a worker), `stillflow export` (dataset topics → JSONL files) and `stillflow dataset
+build` (trace files → the same files, offline).
 
 Imports light: faust and the app load inside the command.
 """
@@ -45,6 +46,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    import sys
+
+    from stillflow.cli import CLIError
+    from streams.dataset_build import SHOW_PROBLEMS, BuildError, build_dataset
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    try:
+        report = build_dataset(args.sources, args.out, fmt=args.format, workers=args.workers,
+                               progress=not args.quiet, log=say)
+    except BuildError as exc:
+        raise CLIError(str(exc)) from None
+    for p in report.problems[:SHOW_PROBLEMS]:
+        print(f"skipped {p}", file=sys.stderr)
+    if len(report.problems) > SHOW_PROBLEMS:
+        print(f"... and {len(report.problems) - SHOW_PROBLEMS} more unreadable rows: see "
+              f"{report.out_dir / 'unreadable.jsonl'}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(report.summary())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("streams", help="run a stream-processing worker (assemble, score, gate, format, window)")
     p.add_argument("--bootstrap", default=None, help="host:port (default: settings or `stillflow broker`)")
@@ -59,3 +86,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="stop when no record came for this many seconds")
     p.add_argument("--bootstrap", default=None)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("dataset", help="datasets without the broker: `stillflow dataset build`")
+    dsub = p.add_subparsers(dest="dataset_command", required=True, metavar="COMMAND")
+    b = dsub.add_parser(
+        "build", help="score, gate, format, redact and pair trace files into a dataset, as the stream does",
+        description="Reads AgentTrace rows (JSON lines, .gz too; ScoredTrace rows give their trace) and runs the "
+        "stream's own scoring, gates, formatting, PII redaction, windows and pair mining on them, in event-time "
+        "order, with each task's efficiency reference carried from trace to trace. Writes sft.jsonl, dpo.jsonl "
+        "and manifest.json (the layout of `stillflow export`, which `stillflow train --from-jsonl DIR` reads), "
+        "plus rejected.jsonl (trace id, gates, reasons), unreadable.jsonl (file, line, reason) and "
+        "dead_letters.jsonl. Settings (quality gates, windows, pairs, limits) are the stream's "
+        "(STILLFLOW_* environment variables); the LLM judge is not called.")
+    b.add_argument("--from", dest="sources", action="append", required=True, metavar="FILE",
+                   help="a file of traces (repeat for several)")
+    b.add_argument("--out", required=True, help="directory to write the dataset into")
+    b.add_argument("--format", choices=["trl", "openai"], default="trl")
+    b.add_argument("--workers", type=int, default=None,
+                   help="scoring processes (default: one per CPU for 2 000+ traces, else this process)")
+    b.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    b.set_defaults(func=cmd_dataset_build)

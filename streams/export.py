@@ -25,7 +25,7 @@ from stillflow.contracts import ContractError, PreferencePair, SFTExample, decod
 from stillflow.kafka import read_to_end
 from stillflow.settings import StillflowSettings
 
-__all__ = ["ExportReport", "export", "sft_row", "dpo_row", "parse_window_id"]
+__all__ = ["ExportReport", "export", "sft_row", "dpo_row", "parse_window_id", "write_jsonl"]
 
 
 @dataclass
@@ -75,7 +75,7 @@ def dpo_row(pair: PreferencePair, fmt: str) -> dict[str, Any]:
     return row
 
 
-def _write(path: Path, rows: list[dict[str, Any]]) -> str:
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
@@ -117,8 +117,8 @@ async def export(settings: StillflowSettings, *, out_dir: str | Path, fmt: str =
     sft_rows = [sft_row(sft[k], fmt) for k in sorted(sft)]
     dpo_rows = [dpo_row(pairs[k], fmt) for k in sorted(pairs)]
     report.n_sft, report.n_dpo = len(sft_rows), len(dpo_rows)
-    report.files["sft.jsonl"] = _write(out / "sft.jsonl", sft_rows)
-    report.files["dpo.jsonl"] = _write(out / "dpo.jsonl", dpo_rows)
+    report.files["sft.jsonl"] = write_jsonl(out / "sft.jsonl", sft_rows)
+    report.files["dpo.jsonl"] = write_jsonl(out / "dpo.jsonl", dpo_rows)
     manifest = {
         "format": fmt,
         "since": since,

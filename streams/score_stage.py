@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,7 @@ __all__ = [
     "decode_window_record",
     "encode_window_record",
     "score_trace",
+    "window_candidate",
 ]
 # tasks whose reference a worker's scoring carries (each ~100 bytes); past it, the least recently scored go
 MAX_REFERENCES = 100_000
@@ -68,6 +70,16 @@ def encode_window_record(items: list[tuple[str, bytes | None]]) -> bytes:
     of the window agent's time). Encoded JSON has no raw newline."""
     head = b'{"items":[' + ",".join(raw for raw, _ in items).encode() + b"]}"
     return b"\n".join([head, *(ex for _, ex in items if ex is not None)])
+
+
+def window_candidate(item: WindowItem, example: bytes | None) -> PairCandidate:
+    """The pair candidate of a window item, with its messages and tools: read back from the SFT example when
+    the item travelled without them (they were sent once, in the example)."""
+    cand = item.candidate
+    if example is not None and cand.messages is None:
+        data = json.loads(example)
+        cand = cand.model_copy(update={"messages": data["messages"], "tools": data.get("tools", [])})
+    return cand
 
 
 def decode_window_record(raw: bytes) -> list[tuple[WindowItem, bytes | None]]:

@@ -54,6 +54,7 @@ __all__ = [
     "BookEntry",
     "book_observe",
     "book_advance",
+    "book_close_all",
     "merge_candidate",
 ]
 
@@ -318,6 +319,15 @@ def book_advance(
         "tasks": {k: v for k, v in book.tasks.items() if k not in gone},
     })
     return new, out
+
+
+def book_close_all(book: WindowBook, *, grace_s: float) -> tuple[WindowBook, list[tuple[WindowState, list[str]]]]:
+    """Close every open window (the traffic went idle, or the input ended): the watermark moves past the newest
+    window's end. Returns what `book_advance` returns."""
+    if not book.windows:
+        return book, []
+    newest_end = max(w.end for w in book.windows.values())
+    return book_advance(book, newest_end + timedelta(seconds=grace_s), grace_s=grace_s)
 
 
 def merge_candidate(

@@ -56,6 +56,65 @@ def make_trace(i: int, n_steps: int = 6, *, task: str | None = None) -> AgentTra
     )
 
 
+def real_shaped_row(i: int = 0, *, start: datetime = EPOCH) -> dict:
+    """An AgentTrace row as real agents record one (JSON, nulls included): a namespaced task id, ids with
+    `/ @ # =` and non-ASCII letters, provider-style tool-call ids, tool results that are an object, a list,
+    a number and null, and optional fields sent as null."""
+    t0 = start + timedelta(seconds=i)
+
+    def at(ms: int) -> str:
+        return (t0 + timedelta(milliseconds=ms)).isoformat()
+
+    search = {"name": "search_emails", "description": "search the inbox",
+              "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
+    files = {"name": "list_files", "description": None,
+             "parameters": {"type": "object", "properties": {}}}
+    return {
+        "trace_id": f"run#{i}/ü=ok", "task_id": f"workspace/drive/user_task_{i}", "agent_id": "agent@team-α",
+        "input_text": "Which files did Emma share, and how many e-mails mention the launch?",
+        "system_prompt": None, "tools": [search, files],
+        "steps": [
+            {"step_type": "reasoning", "content": "Search the inbox first.", "tool_name": None, "tool_args": None,
+             "tool_result": None, "tool_call_id": None, "timestamp": at(0)},
+            {"step_type": "tool_call", "content": None, "tool_name": "search_emails",
+             "tool_args": '{"query": "launch"}', "tool_call_id": f"toolu_01A{i}xYz", "timestamp": at(1)},
+            {"step_type": "observation", "tool_name": "search_emails", "tool_call_id": f"toolu_01A{i}xYz",
+             "tool_result": {"hits": [{"id": 7, "subject": "Launch 🚀"}, {"id": 9, "subject": None}], "total": 2},
+             "timestamp": at(2)},
+            {"step_type": "tool_call", "tool_name": "list_files", "tool_args": {},
+             "tool_call_id": "3f2b8c1e-9d4a-4e7b-a1c2-5d6e7f809a1b", "timestamp": at(3)},
+            {"step_type": "observation", "tool_name": "list_files",
+             "tool_call_id": "3f2b8c1e-9d4a-4e7b-a1c2-5d6e7f809a1b", "tool_result": [0, 4], "timestamp": at(4)},
+            {"step_type": "tool_call", "tool_name": "list_files", "tool_args": {}, "tool_call_id": "call_2",
+             "timestamp": at(5)},
+            {"step_type": "observation", "tool_name": "list_files", "tool_call_id": "call_2", "tool_result": None,
+             "timestamp": at(6)},
+            {"step_type": "output", "content": "0 4", "timestamp": at(7)},
+        ],
+        "final_output": "0 4", "success": True, "error": None, "quality_score": None, "model_id": "teacher-large",
+        "total_tokens": None, "wall_time_seconds": None, "ground_truth": "0 4", "expected_steps": None,
+        "cost_usd": None, "metadata": {"suite": "workspace", "attempt": 1, "tags": ["clean"], "note": None},
+        "timestamp": t0.isoformat(),
+    }
+
+
+def big_trace(n_steps: int = 200, total_bytes: int = 1_000_000) -> AgentTrace:
+    """A real-sized trace: `n_steps` steps whose JSON comes to about `total_bytes`."""
+    per = total_bytes // n_steps - 300
+    steps = []
+    for i in range(n_steps):
+        if i % 2 == 0:
+            steps.append(TraceStep(step_type="tool_call", tool_name="read", tool_args={"path": f"/docs/{i}"},
+                                   tool_call_id=f"call_{i}", content="r" * per))
+        else:
+            steps.append(TraceStep(step_type="observation", tool_name="read", tool_call_id=f"call_{i - 1}",
+                                   tool_result={"path": f"/docs/{i - 1}", "text": "t" * per}))
+    read = ToolSpec(name="read", description="read a document",
+                    parameters={"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]})
+    return AgentTrace(trace_id="big/1", task_id="suite/area/big", input_text="read everything", steps=steps,
+                      tools=[read], final_output="done", success=True)
+
+
 async def read_topics(
     settings: StillflowSettings, topics: list[str], *, expected: int, timeout: float = 30.0
 ) -> list[ConsumerRecord]:

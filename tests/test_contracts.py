@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from stillflow import contracts as c
 from stillflow.contracts import ContractError, Limits, decode, encode, get_limits, set_limits
-from tests.helpers import make_trace, sample_events
+from tests.helpers import big_trace, make_trace, sample_events
 
 
 @pytest.fixture
@@ -297,21 +297,6 @@ def test_previous_schema_version_still_decodes() -> None:
     assert ev2.schema_version == 2 == c.SCHEMA_VERSION and ev2.task_id == "suite/area/user_task_0"
     assert ev2.step.observation_text() == '{"value":42}'
     assert decode(encode(ev2), c.TraceStepEvent) == ev2
-
-
-def big_trace(n_steps: int = 200, total_bytes: int = 1_000_000) -> c.AgentTrace:
-    """A real-sized trace: `n_steps` steps whose JSON comes to about `total_bytes`."""
-    per = total_bytes // n_steps - 300
-    steps = []
-    for i in range(n_steps):
-        if i % 2 == 0:
-            steps.append(c.TraceStep(step_type="tool_call", tool_name="read", tool_args={"path": f"/docs/{i}"},
-                                     tool_call_id=f"call_{i}", content="r" * per))
-        else:
-            steps.append(c.TraceStep(step_type="observation", tool_name="read", tool_call_id=f"call_{i - 1}",
-                                     tool_result={"path": f"/docs/{i - 1}", "text": "t" * per}))
-    return c.AgentTrace(trace_id="big/1", task_id="suite/area/big", input_text="read everything", steps=steps,
-                        final_output="done", success=True)
 
 
 def test_a_trace_of_200_steps_and_1_mb_passes_the_default_limits() -> None:

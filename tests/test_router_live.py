@@ -6,6 +6,7 @@ and a corrupted version announced as promoted is never served. Every request is 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ async def test_live_switch_under_load_rollback_and_a_corrupted_version(settings:
     log = load.log
     # steady: answers kept coming through every switch (no stall while a version loads); not a speed test,
     # the rate is only reported (it depends on the machine)
-    gaps = [b[0] - a[0] for a, b in zip(log, log[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(log)]
     rate = len(log) / (log[-1][0] - log[0][0])
     assert len(log) >= 40 and max(gaps) < 2.0, f"{len(log)} answers, {rate:.1f} req/s, longest gap {max(gaps):.2f} s"
     assert [x for x in log if x[2] != 200] == []  # zero failed requests

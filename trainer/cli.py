@@ -353,7 +353,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="run one training job now (no consumer)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-topics", action="store_true", help="the dataset topics up to their end now")
-    src.add_argument("--from-jsonl", metavar="PATH", help="an exported directory (sft.jsonl [, dpo.jsonl])")
+    src.add_argument("--from-jsonl", metavar="PATH",
+                     help="a dataset directory (sft.jsonl [, dpo.jsonl]) as `stillflow export` or `stillflow dataset "
+                     "build` write it; a file of traces is refused with the `stillflow dataset build` line to run")
     _common(p)
     _training_flags(p)
     p.add_argument("--no-publish", action="store_true", help="do not publish run and version events")

@@ -255,7 +255,7 @@ def _pair_from_row(row: dict[str, Any], line: int) -> PairRecord:
                       tools=_tools(tools), family=row.get("family") or (row.get("metadata") or {}).get("family"))
 
 
-def _read_rows(path: Path, parse: Any) -> tuple[list[Any], int]:
+def _read_rows(path: Path, parse: Any, first_bad: list[str] | None = None) -> tuple[list[Any], int]:
     out, bad = [], 0
     with path.open(encoding="utf-8") as fp:
         for i, line in enumerate(fp, 1):
@@ -265,11 +265,39 @@ def _read_rows(path: Path, parse: Any) -> tuple[list[Any], int]:
                 out.append(parse(json.loads(line), i))
             except (ValueError, TypeError, KeyError) as exc:
                 bad += 1
+                if first_bad is not None and not first_bad:
+                    first_bad.append(f"{path}:{i}: {str(exc)[:200]}")
                 if bad <= 3:
                     import logging
 
                     logging.getLogger(__name__).warning("%s:%d skipped: %s", path, i, str(exc)[:200])
     return out, bad
+
+
+def _trace_kind(path: Path) -> str | None:
+    """'traces' when the file holds agent traces rather than dataset rows (judged by its first rows)."""
+    with path.open("rb") as fp:
+        if fp.read(2) == b"\x1f\x8b":
+            return "a gzip file (a dataset is plain JSON lines: a .gz is a trace file for `stillflow dataset build`)"
+        fp.seek(0)
+        seen = 0
+        for raw in fp:
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                return None
+            if not isinstance(row, dict) or "messages" in row or "prompt" in row or "input" in row:
+                return None
+            if isinstance(row.get("trace"), dict) and "score" in row:
+                return "scored traces (ScoredTrace rows)"
+            if "task_id" in row and ("steps" in row or "input_text" in row):
+                return "agent traces (AgentTrace rows)"
+            seen += 1
+            if seen >= 3:
+                return None
+    return None
 
 
 def load_jsonl(path: str | Path) -> TrainingData:
@@ -281,7 +309,15 @@ def load_jsonl(path: str | Path) -> TrainingData:
         sft_path, dpo_path = p, p.with_name("dpo.jsonl")
     if not sft_path.is_file():
         raise DataError(f"no SFT data: {sft_path} does not exist (expected a directory with sft.jsonl [, dpo.jsonl])")
-    sft, bad = _read_rows(sft_path, _sft_from_row)
+    kind = _trace_kind(sft_path)
+    if kind is not None:
+        raise DataError(f"{sft_path} holds {kind}, not a dataset: build one first with `stillflow dataset build "
+                        f"--from {sft_path} --out DIR`, then train with `stillflow train --from-jsonl DIR`")
+    first_bad: list[str] = []
+    sft, bad = _read_rows(sft_path, _sft_from_row, first_bad)
+    if not sft and bad:
+        raise DataError(f"no SFT example could be read from {sft_path}: all {bad} rows were skipped; the first: "
+                        f"{first_bad[0] if first_bad else '?'}")
     pairs: list[PairRecord] = []
     bad_p = 0
     if dpo_path.is_file():
