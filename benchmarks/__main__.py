@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 # In the order they were added; each is a module with a main() printing one JSON line.
-BENCHES = ["sdk_emit", "ingest", "router"]
+BENCHES = ["sdk_emit", "ingest", "router", "dataset_build"]
 ON_REQUEST = ["trainer_quality"]
 
 

@@ -36,6 +36,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,9 +44,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stillflow.contracts import AgentTrace, Id, Limits, PreferencePair, SFTExample, decode, set_limits
+from stillflow.contracts import AgentTrace, Id, Limits, PreferencePair, set_limits
 from stillflow.progress import Progress
-from streams.export import dpo_row, sft_row, write_jsonl
+from streams.export import dpo_row, jsonl_line, sft_row_of, write_jsonl, write_lines
 from streams.pairs import PairCandidate, mine_pairs
 from streams.score_stage import Job, ScoringConfig, WindowItem, _Chain, window_candidate
 from streams.settings import StreamsSettings
@@ -213,8 +214,9 @@ class _Out:
     reasons: tuple[str, ...]  # the gates' reasons (redacted), for a rejected trace
     overall: float
     redactions: dict[str, int]
-    item_json: str | None  # None: the scored trace could not be encoded (a dead letter, no window item)
-    example_json: bytes | None
+    item: WindowItem | None  # None: the scored trace could not be encoded (a dead letter, no window item)
+    candidate: PairCandidate | None  # the item's, with its messages (`window_candidate`)
+    sft_line: str | None  # the SFT example's row as sft.jsonl holds it
     errors: tuple[tuple[str, str], ...]
 
 
@@ -244,11 +246,15 @@ def _score_rows(chain: _Chain, rows: list[tuple[int, str, dict[str, Any]]], refs
             trace = trace.model_copy(update=fill)
         jobs.append((order, Job(trace)))
     for (order, _), s in zip(jobs, chain.run([j for _, j in jobs]), strict=True):
-        reasons: tuple[str, ...] = ()
-        if not s.passed and s.scored_json is not None:
-            reasons = tuple(json.loads(s.scored_json).get("reasons", []))
-        out.append((order, _Out(s.trace_id, s.task_id, s.passed, s.rejected_by, reasons, s.dims[-1],
-                                s.redactions, s.item_json, s.example_json, s.errors)))
+        # what the window agent does with the stream's records, read back here (in parallel, not in the parent)
+        item = WindowItem.model_validate_json(s.item_json) if s.item_json is not None else None
+        example = json.loads(s.example_json) if s.example_json is not None else None
+        line = None
+        if item is not None and example is not None and item.example_id is not None:
+            line = jsonl_line(sft_row_of(example["messages"], example.get("tools") or [], "trl"))  # same in both
+        cand = window_candidate(item, example) if item is not None else None
+        out.append((order, _Out(s.trace_id, s.task_id, s.passed, s.rejected_by, s.reasons, s.dims[-1],
+                                s.redactions, item, cand, line, s.errors)))
     out.sort(key=lambda x: x[0])
     return out, chain.refs
 
@@ -299,7 +305,11 @@ def _scored_in_order(rows: list[_Row], config: ScoringConfig, workers: int
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
                 k = running.pop(fut)
-                results, shard_refs[k] = fut.result()
+                try:
+                    results, shard_refs[k] = fut.result()
+                except BrokenProcessPool as exc:  # killed (out of memory?): say so, not a traceback
+                    raise BuildError(f"a scoring process died ({exc}); nothing was written. Run again, or with "
+                                     f"--workers 1 to score in one process") from None
                 submit(k)  # a shard's chunks one after another: its references carry over
                 done.update(results)
             while next_i in done:
@@ -373,7 +383,7 @@ def build_dataset(paths: Sequence[str | Path], out_dir: str | Path, *, fmt: str 
 
     book = WindowBook()
     candidates: dict[str, list[PairCandidate]] = {}  # c:<window key>:<task> -> candidates, as the stream keys them
-    examples: dict[str, bytes] = {}
+    examples: dict[str, str] = {}  # example id -> its row in sft.jsonl
     pairs: dict[str, PreferencePair] = {}
     rejected: list[dict[str, Any]] = []
     letters: list[dict[str, Any]] = []
@@ -407,18 +417,17 @@ def build_dataset(paths: Sequence[str | Path], out_dir: str | Path, *, fmt: str 
             rejected.append({"trace_id": res.trace_id, "task_id": res.task_id, "gates": list(res.rejected_by),
                              "reasons": list(res.reasons), "overall": res.overall, "file": row.file,
                              "line": row.line})
-        if res.item_json is None:  # the stream dead-letters the trace: no window item, no example
+        item, cand = res.item, res.candidate
+        if item is None or cand is None:  # the stream dead-letters the trace: no window item, no example
             continue
-        item = WindowItem.model_validate_json(res.item_json)
-        entry = book_observe(book, item.event_time, task_id=item.candidate.task_id, size_s=s.window_size_s,
-                             passed=item.passed, sft=res.example_json is not None, max_tasks=s.max_tasks_per_window)
+        entry = book_observe(book, item.event_time, task_id=cand.task_id, size_s=s.window_size_s,
+                             passed=item.passed, sft=res.sft_line is not None, max_tasks=s.max_tasks_per_window)
         c["late"] += entry.late
         if entry.keep_candidate:
-            ckey = f"c:{entry.window_key}:{item.candidate.task_id}"
-            candidates[ckey], _ = merge_candidate(candidates.get(ckey, []), window_candidate(item, res.example_json),
-                                                  s.max_candidates_per_task)
-        if res.example_json is not None and item.example_id is not None:
-            examples.setdefault(item.example_id, res.example_json)
+            ckey = f"c:{entry.window_key}:{cand.task_id}"
+            candidates[ckey], _ = merge_candidate(candidates.get(ckey, []), cand, s.max_candidates_per_task)
+        if res.sft_line is not None and item.example_id is not None:
+            examples.setdefault(item.example_id, res.sft_line)
         book, closing = book_advance(entry.book, item.event_time, grace_s=s.window_grace_s, now=now,
                                      max_ahead_s=s.max_clock_skew_s)
         close(closing)
@@ -431,11 +440,10 @@ def build_dataset(paths: Sequence[str | Path], out_dir: str | Path, *, fmt: str 
     c["dead_letters"] = len(letters)
     c["passed_without_example"] = c["passed"] - len(examples)
 
-    sft_rows = [sft_row(decode(examples[k], SFTExample), fmt) for k in sorted(examples)]
     dpo_rows = [dpo_row(pairs[k], fmt) for k in sorted(pairs)]
-    c["sft"], c["dpo"] = len(sft_rows), len(dpo_rows)
+    c["sft"], c["dpo"] = len(examples), len(dpo_rows)
     out.mkdir(parents=True, exist_ok=True)
-    report.files["sft.jsonl"] = write_jsonl(out / "sft.jsonl", sft_rows)
+    report.files["sft.jsonl"] = write_lines(out / "sft.jsonl", [examples[k] for k in sorted(examples)])
     report.files["dpo.jsonl"] = write_jsonl(out / "dpo.jsonl", dpo_rows)
     report.files["rejected.jsonl"] = write_jsonl(out / "rejected.jsonl", rejected)
     report.files["dead_letters.jsonl"] = write_jsonl(out / "dead_letters.jsonl", letters)

@@ -25,7 +25,8 @@ from stillflow.contracts import ContractError, PreferencePair, SFTExample, decod
 from stillflow.kafka import read_to_end
 from stillflow.settings import StillflowSettings
 
-__all__ = ["ExportReport", "export", "sft_row", "dpo_row", "parse_window_id", "write_jsonl"]
+__all__ = ["ExportReport", "export", "sft_row", "sft_row_of", "dpo_row", "parse_window_id", "jsonl_line",
+           "write_lines", "write_jsonl"]
 
 
 @dataclass
@@ -57,9 +58,14 @@ def parse_window_id(window_id: str) -> datetime:
 
 
 def sft_row(ex: SFTExample, fmt: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"messages": ex.messages}
-    if ex.tools:
-        row["tools"] = ex.tools
+    return sft_row_of(ex.messages, ex.tools, fmt)
+
+
+def sft_row_of(messages: list[dict[str, Any]], tools: list[dict[str, Any]], fmt: str) -> dict[str, Any]:
+    """The row of an SFT example given its parts (the same in both formats)."""
+    row: dict[str, Any] = {"messages": messages}
+    if tools:
+        row["tools"] = tools
     return row
 
 
@@ -75,10 +81,20 @@ def dpo_row(pair: PreferencePair, fmt: str) -> dict[str, Any]:
     return row
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
-    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+def jsonl_line(row: dict[str, Any]) -> str:
+    """One row as the dataset files hold it (sorted keys: the same contents always give the same bytes)."""
+    return json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def write_lines(path: Path, lines: list[str]) -> str:
+    """Write `jsonl_line` lines; returns the file's sha256."""
+    data = "".join(lines).encode()
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    return write_lines(path, [jsonl_line(r) for r in rows])
 
 
 async def export(settings: StillflowSettings, *, out_dir: str | Path, fmt: str = "trl", since: str | None = None,

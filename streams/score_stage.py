@@ -72,12 +72,13 @@ def encode_window_record(items: list[tuple[str, bytes | None]]) -> bytes:
     return b"\n".join([head, *(ex for _, ex in items if ex is not None)])
 
 
-def window_candidate(item: WindowItem, example: bytes | None) -> PairCandidate:
-    """The pair candidate of a window item, with its messages and tools: read back from the SFT example when
-    the item travelled without them (they were sent once, in the example)."""
+def window_candidate(item: WindowItem, example: bytes | dict[str, Any] | None) -> PairCandidate:
+    """The pair candidate of a window item, with its messages and tools: read back from the SFT example (as
+    encoded for its topic, or already parsed) when the item travelled without them (they were sent once, in
+    the example)."""
     cand = item.candidate
     if example is not None and cand.messages is None:
-        data = json.loads(example)
+        data = json.loads(example) if isinstance(example, bytes) else example
         cand = cand.model_copy(update={"messages": data["messages"], "tools": data.get("tools", [])})
     return cand
 
@@ -120,6 +121,7 @@ class Scored:
     example_json: bytes | None  # the SFT example as encoded for its topic
     errors: tuple[tuple[str, str], ...] = ()  # (kind, reason) for the DLQ
     seconds: float = 0.0  # time spent scoring it
+    reasons: tuple[str, ...] = ()  # the failed gates' reasons (redacted), as the scored trace has them
 
     @property
     def has_example(self) -> bool:
@@ -139,6 +141,7 @@ def score_trace(pipeline: TracePipeline, trace: AgentTrace, *, reference_steps: 
         "passed": p.verdict.passed, "rejected_by": tuple(p.verdict.rejected_by),
         "dims": tuple(float(getattr(score, d)) for d in DIMENSIONS), "redactions": dict(p.redactions),
         "reference": next_reference(reference_steps, trace, correct=p.assessment.correct),
+        "reasons": tuple(p.scored.reasons),
     }
     try:
         scored_json = encode(p.scored)

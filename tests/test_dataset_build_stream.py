@@ -66,9 +66,9 @@ async def test_the_live_stream_and_dataset_build_give_the_same_verdicts_examples
         broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = await _one_partition_settings(broker)
     start = datetime.now(UTC) - timedelta(minutes=10)
-    teacher = list(iter_offline(100, make_policy("teacher"), seed=7, start=start))
+    teacher = list(iter_offline(60, make_policy("teacher"), seed=7, start=start))
     rand = [t.model_copy(update={"trace_id": f"rnd-{t.trace_id}"})  # the same tasks, a millisecond later
-            for t in iter_offline(100, make_policy("random"), seed=7, start=start + timedelta(milliseconds=1))]
+            for t in iter_offline(60, make_policy("random"), seed=7, start=start + timedelta(milliseconds=1))]
     traces = sorted(teacher + rand, key=lambda t: t.timestamp)
     src = tmp_path / "traces.jsonl"
     src.write_text("".join(t.model_dump_json() + "\n" for t in traces))
@@ -79,7 +79,7 @@ async def test_the_live_stream_and_dataset_build_give_the_same_verdicts_examples
             monkeypatch.setenv(k, v)
     offline = build_dataset([src], tmp_path / "out", settings=StreamsSettings(), workers=1, progress=False)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert offline.counts["rejected"] > 50 and manifest["counts"]["dpo"] > 10  # gates fail and pairs exist
+    assert offline.counts["rejected"] > 30 and manifest["counts"]["dpo"] > 5  # gates fail and pairs exist
 
     worker = StreamsWorker(env, tmp_path / "worker.log").start()
     try:

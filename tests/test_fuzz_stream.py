@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sim.policies import make_policy
 from sim.runner import iter_offline
 from stillflow.contracts import (
+    AgentTrace,
     DeadLetter,
     ScoredTrace,
     TraceOutcomeEvent,
@@ -34,7 +35,7 @@ from stillflow.dlq import decode_or_letter
 from stillflow.sdk import TraceEmitter
 from tests.fuzz_counts import count
 from tests.fuzz_inputs import FUZZ_LIMITS, bad_record, draw_batch
-from tests.helpers import as_scored, make_trace, read_topics
+from tests.helpers import as_scored, make_trace, read_topics, real_shaped_row
 from tests.streams_worker import StreamsWorker, streams_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -81,8 +82,18 @@ def _bad_records() -> list[tuple[str, bytes, bytes | None, str]]:
 
 
 def _traces(n: int, seed: int):
+    """Sim teacher traces, and among them traces shaped as real agents record them: namespaced and unicode ids
+    (two at the id bound), object / list / null tool results, null optional fields."""
     start = datetime.now(UTC) - timedelta(seconds=30)
-    return list(iter_offline(n, make_policy("teacher"), seed=seed, start=start, rate=40.0))
+    sim = list(iter_offline(n, make_policy("teacher"), seed=seed, start=start, rate=40.0))
+    real = []
+    for i in range(6):
+        row = real_shaped_row(i, start=start)
+        if i < 2:  # unicode ids exactly at the bound
+            row["trace_id"] = (f"ü{i}/" + "é" * LIMITS.max_id_chars)[:LIMITS.max_id_chars]
+            row["task_id"] = (f"suite/ß{i}#" + "日" * LIMITS.max_id_chars)[:LIMITS.max_id_chars]
+        real.append(AgentTrace.model_validate(row))
+    return [x for pair in zip(sim, real + [None] * len(sim), strict=False) for x in pair if x is not None]
 
 
 async def test_fuzzed_bad_records_are_dead_lettered_once_and_valid_traffic_untouched(settings, tmp_path) -> None:
