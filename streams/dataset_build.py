@@ -31,6 +31,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import threading
 import time
 import zlib
 from collections import Counter
@@ -286,7 +287,11 @@ def _scored_in_order(rows: list[_Row], config: ScoringConfig, workers: int
         shards[_shard_of(r.task_id, workers)].append(i)
     done: dict[int, _Out | str] = {}
     next_i = 0
-    ctx = multiprocessing.get_context("spawn")  # the caller may have threads (fork does not copy them)
+    # fork when this process runs no other thread: the workers start with the imports and caches done here (a
+    # spawned one spends about a CPU second on them); with threads, spawn (a fork copies only this one, and a
+    # lock another thread held would stay locked in the child)
+    alone = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if alone else "spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(config,)) as pool:
         cursor = [0] * workers
         shard_refs: list[dict[str, int]] = [{} for _ in range(workers)]
