@@ -377,6 +377,8 @@ def build_dataset(paths: Sequence[str | Path], out_dir: str | Path, *, fmt: str 
         _write_problems(out, report)
         raise BuildError(f"no readable trace in {len(report.problems)} rows; the first: {report.problems[0]} "
                          f"(all in {out / 'unreadable.jsonl'})")
+    if not unique:
+        raise BuildError(f"no trace in {', '.join(str(p) for p in paths)}: the input is empty")
     if s.judge.enabled:
         report.notes.append("the LLM judge of the settings is not called offline: reasoning quality is the "
                             "heuristic's")

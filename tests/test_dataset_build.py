@@ -75,6 +75,9 @@ def test_nothing_readable_is_an_error_that_names_the_first_problem(tmp_path: Pat
     with pytest.raises(BuildError, match=r"no readable trace in 2 rows; the first: .*x.jsonl:1: not JSON"):
         build_dataset([src], tmp_path / "out", progress=False)
     assert len(_jsonl(tmp_path / "out" / "unreadable.jsonl")) == 2
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(BuildError, match="the input is empty"):
+        build_dataset([tmp_path / "empty.jsonl"], tmp_path / "out", progress=False)
     with pytest.raises(BuildError, match="no such file"):
         build_dataset([tmp_path / "missing.jsonl"], tmp_path / "out", progress=False)
 
