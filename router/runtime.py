@@ -4,7 +4,9 @@ token log-probabilities, off the event loop, with bounded concurrency.
 The only router module that imports torch and transformers (inside the functions that need them).
 
 Exports
-- `load_version(registry, version, ...)` → `StudentModel` (raises `LoadRefused` with a bounded `kind`);
+- `load_version(registry, version, ...)` → `StudentModel` (raises `LoadRefused` with a bounded `kind`); a
+  LoRA version (`stillflow_base_ref.json`) runs on its base, loaded once per process (`SharedBase`) after
+  its sha256 is checked, with one adapter per version swapped in per generation;
 - `StudentModel.generate(messages, tools, max_new_tokens)` → `StudentTurn` (blocking: call it through a runner);
 - `StudentRunner` — a thread pool of `max_concurrency` workers and a queue bound: beyond
   `max_concurrency + max_queue` waiting requests `run` raises `StudentBusy` at once (the router then
@@ -18,14 +20,17 @@ generated tokens, end-of-turn token included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stillflow.chatformat import IM_END, turn_confidence
+from stillflow.bases import BaseError, read_ref, resolve_base
+from stillflow.chatformat import CHATML, TurnFormat, load_turn_format, turn_confidence
 from stillflow.registry import IntegrityError, ModelRegistry, RegistryError
 from stillflow.slots import SlotCodec, load_format
 
@@ -39,7 +44,7 @@ _UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 class LoadRefused(Exception):
     """A version the router will not serve. `kind`: unknown_version | outside_registry | manifest_mismatch |
-    integrity | unsafe_format | load_error."""
+    integrity | unsafe_format | base_missing | base_mismatch | base_unreadable | load_error."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -68,8 +73,12 @@ class StudentModel:
     """One loaded version. `in_flight` counts requests using it (they finish on it after a swap)."""
 
     def __init__(self, version: str, model: Any, tokenizer: Any, *, threshold: float | None, path: Path,
-                 manifest_sha256: str, device: str = "cpu", codec: SlotCodec | None = None) -> None:
+                 manifest_sha256: str, device: str = "cpu", codec: SlotCodec | None = None,
+                 fmt: TurnFormat = CHATML, base: str | None = None) -> None:
         self.version = version
+        self.fmt = fmt  # the version's turn format (stillflow_turns.json): its end of turn, its tool calls
+        self.base = base  # LoRA versions: the name of the base they run on
+        self.shared: SharedBase | None = None  # LoRA versions: the loaded base their adapter is one of
         self.codec = codec  # value slots (stillflow.slots): requests encoded as the student was trained
         self.model = model
         self.tokenizer = tokenizer
@@ -78,17 +87,31 @@ class StudentModel:
         self.manifest_sha256 = manifest_sha256
         self.device = device
         self.in_flight = 0
-        end = tokenizer.convert_tokens_to_ids(IM_END)
-        candidates = (end, tokenizer.eos_token_id)
-        unk = getattr(tokenizer, "unk_token_id", None)
-        self.stop_ids = sorted({i for i in candidates if isinstance(i, int) and i != unk})
+        self.stop_ids = fmt.stop_ids(tokenizer)
         if not self.stop_ids:
-            raise LoadRefused("load_error", f"{version}: the tokenizer has no end-of-turn token")
+            raise LoadRefused("load_error", f"{version}: the tokenizer has no end-of-turn token {fmt.end_of_turn!r}")
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
 
     def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                  max_new_tokens: int) -> StudentTurn:
+
+        with self._adapter():
+            return self._generate(messages, tools, max_new_tokens)
+
+    @contextlib.contextmanager
+    def _adapter(self) -> Iterator[None]:
+        """A LoRA version generates with its own adapter active, one generation at a time on the shared
+        base (a request in flight finishes on its version's adapter even after a swap)."""
+        if self.shared is None:
+            yield
+            return
+        with self.shared.lock:
+            self.shared.model.set_adapter(self.version)
+            yield
+
+    def _generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                  max_new_tokens: int) -> StudentTurn:
         import torch
 
         started = time.perf_counter()
@@ -113,6 +136,46 @@ class StudentModel:
             finished=bool(new_ids) and new_ids[-1] in self.stop_ids,
             seconds=time.perf_counter() - started,
         )
+
+
+class SharedBase:
+    """One pretrained base in memory (verified by its sha256), with the LoRA adapters of the versions
+    loaded on it by name; `lock` serialises generation and adapter loading on it."""
+
+    def __init__(self, digest: str, name: str, model: Any) -> None:
+        self.digest = digest
+        self.name = name
+        self.model = model  # a peft PeftModel once the first adapter is loaded
+        self.lock = threading.Lock()
+        self.adapters: set[str] = set()
+
+
+_BASES: dict[str, SharedBase] = {}
+_BASES_LOCK = threading.Lock()
+
+
+def _load_adapter(ref: dict[str, Any], path: Path, version: str, device: str) -> tuple[Any, SharedBase]:
+    """The base `ref` names (loaded once per process, verified on every load) with `version`'s adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir = resolve_base(ref)  # BaseError: missing, or its files are not the sha256 the version was trained on
+    with _BASES_LOCK:
+        shared = _BASES.get(ref["sha256"])
+        if shared is None:
+            base = AutoModelForCausalLM.from_pretrained(str(base_dir), local_files_only=True, use_safetensors=True)
+            base.to(device)
+            model = PeftModel.from_pretrained(base, str(path), adapter_name=version, is_trainable=False)
+            model.eval()
+            shared = SharedBase(ref["sha256"], str(ref["name"]), model)
+            _BASES[ref["sha256"]] = shared
+        else:
+            with shared.lock:
+                if version not in shared.adapters:
+                    shared.model.load_adapter(str(path), adapter_name=version, is_trainable=False)
+                    shared.model.to(device)
+        shared.adapters.add(version)
+    return shared.model, shared
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -151,18 +214,28 @@ def load_version(registry: ModelRegistry, version: str, *, device: str = "cpu", 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a router's log is no place for progress bars
+    shared: SharedBase | None = None
     try:
+        ref = read_ref(path)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
-        model.to(device)
-        model.eval()
+        if ref is not None:
+            model, shared = _load_adapter(ref, path, version, device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+            model.to(device)
+            model.eval()
         codec = load_format(path)
+        fmt = load_turn_format(path)
+    except BaseError as exc:
+        raise LoadRefused(exc.kind, f"{version}: {exc}"[:1000]) from None
     except Exception as exc:
         raise LoadRefused("load_error", f"{version}: {type(exc).__name__}: {exc}"[:1000]) from None
     manifest = registry.manifest(version)
     threshold = manifest.get("confidence_threshold")
     student = StudentModel(version, model, tokenizer, threshold=float(threshold) if threshold is not None else None,
-                           path=path, manifest_sha256=sha, device=device, codec=codec)
+                           path=path, manifest_sha256=sha, device=device, codec=codec, fmt=fmt,
+                           base=str(ref["name"]) if ref else None)
+    student.shared = shared
     try:  # warm up (first-call allocations), and prove it generates before it is swapped in
         student.generate([{"role": "user", "content": "hi"}], None, 1)
     except Exception as exc:

@@ -201,7 +201,7 @@ class RouterService:
             res.failure, res.error = "invalid_output", f"cut off at {turn.completion_tokens} tokens"
             return res
         try:
-            res.parsed = parse_assistant(turn.text)
+            res.parsed = parse_assistant(turn.text, model.fmt)
         except OutputFormatError as exc:
             res.failure, res.error = "invalid_output", f"unreadable output: {exc}"[:500]
             return res

@@ -111,6 +111,21 @@ class TurnFormat:
     def stop_texts(self) -> tuple[str, ...]:
         return (self.end_of_turn, *(s for s in self.stops if s and s != self.end_of_turn))
 
+    def stop_ids(self, tokenizer: Any) -> list[int]:
+        """Token ids that end generation: each stop text that is one token of `tokenizer`, plus its eos.
+        Empty when the end of turn is not a single token (such a student cannot be served)."""
+        unk = getattr(tokenizer, "unk_token_id", None)
+        end = tokenizer.convert_tokens_to_ids(self.end_of_turn)
+        if not isinstance(end, int) or end == unk:
+            return []
+        ids = {end}
+        for text in (*self.stops, getattr(tokenizer, "eos_token", None)):
+            if text:
+                i = tokenizer.convert_tokens_to_ids(text)
+                if isinstance(i, int) and i != unk:
+                    ids.add(i)
+        return sorted(ids)
+
     def to_json(self) -> dict[str, Any]:
         return {"spec": _SPEC, **asdict(self), "stops": list(self.stops)}
 

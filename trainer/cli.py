@@ -22,6 +22,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -65,10 +66,26 @@ def _settings(args: argparse.Namespace) -> Any:
     if fams is not None:
         updates["holdout_families"] = tuple(fams)
     if getattr(args, "pretrained", None):
-        updates["student"] = section.student.model_copy(update={"pretrained": args.pretrained})
+        updates["student"] = section.student.model_copy(update={"pretrained": args.pretrained, "base": None})
+    if getattr(args, "base", None):
+        if getattr(args, "pretrained", None):
+            raise _cli_error("--base and --pretrained name two different students; give one")
+        updates["student"] = section.student.model_copy(update={"base": args.base, "pretrained": None})
     if getattr(args, "lora", False):
         student = updates.get("student", section.student)
         updates["student"] = student.model_copy(update={"lora": student.lora.model_copy(update={"enabled": True})})
+    if section.student.is_pretrained and "learning_rate" not in section.sft.model_fields_set:
+        # a pretrained student from the environment (STILLFLOW_TRAINER__STUDENT__BASE=...) with the tiny
+        # student's learning rates left in place: its own defaults (any field set explicitly stays)
+        from trainer.settings import pretrained_profile
+
+        section = pretrained_profile(section, quick=bool(getattr(args, "quick", False)))
+    elif "student" in updates and updates["student"].is_pretrained and not section.student.is_pretrained:
+        # a pretrained student from the command line: its training defaults, before the flags below
+        from trainer.settings import pretrained_profile
+
+        section = pretrained_profile(section.model_copy(update={"student": updates["student"]}),
+                                     quick=bool(getattr(args, "quick", False)))
     env = getattr(args, "environment", None)
     if env is not None:
         updates["eval"] = section.eval.model_copy(
@@ -292,6 +309,18 @@ def cmd_models(args: argparse.Namespace) -> int:
                                                              "offline", "confidence", "worst_failures", "gate")}
             print(json.dumps(out, indent=2, default=str))
             return 0 if integrity == "ok" else 1
+        if args.action == "export":
+            version = args.version or reg.live()
+            if not version:
+                raise _cli_error(f"{reg.model} has no live version; name one")
+            from stillflow.bases import BaseError
+
+            try:
+                out_dir = _export(reg, version, Path(args.out))
+            except BaseError as exc:
+                raise _cli_error(str(exc)) from None
+            print(f"{reg.model} {version} → {out_dir}")
+            return 0
         # promote / rollback change what is live: announce it, or say clearly that it is not announced
         settings = _settings(args)
         broker = None if args.offline else _with_broker(settings, args, required=False)
@@ -317,6 +346,55 @@ def cmd_models(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------------
 
 
+def cmd_bases(args: argparse.Namespace) -> int:
+    from stillflow.bases import bases_dir, read_base
+    from trainer.bases import NAMED_BASES, BaseUnavailable, install_base
+
+    if args.action == "install":
+        try:
+            path = install_base(args.name)
+        except BaseUnavailable as exc:
+            raise _cli_error(str(exc)) from None
+        doc = read_base(path) or {}
+        print(f"{args.name}: {path} (sha256 {doc.get('sha256', '?')})")
+        return 0
+    for name, spec in NAMED_BASES.items():
+        target = bases_dir() / name
+        doc = read_base(target) if target.is_dir() else None
+        try:
+            __import__(spec.module)
+            package = "installed"
+        except ImportError:
+            package = f"not installed: {spec.install_line}"
+        state = f"converted at {target} (sha256 {doc['sha256'][:12]}…)" if doc else "not converted yet"
+        print(f"{name}\t{spec.description}\n  package {spec.package}: {package}\n  {state}")
+    return 0
+
+
+def _export(registry: Any, version: str, out: Path) -> Path:
+    """A version as a standalone HF directory: a LoRA version merged into its (verified) base."""
+    import shutil
+
+    from stillflow.bases import REF_FILE, read_ref
+    from trainer.student import load_student, merge_lora
+
+    registry.verify(version)
+    src = registry.path(version)
+    if out.exists() and any(out.iterdir()):
+        raise _cli_error(f"{out} exists and is not empty")
+    if read_ref(src) is None:
+        shutil.copytree(src, out, dirs_exist_ok=True)
+        return out
+    student = load_student(src)
+    merge_lora(student.model).save_pretrained(str(out), safe_serialization=True)
+    student.tokenizer.save_pretrained(str(out))
+    for f in src.iterdir():  # the turn format, licences, reports; not the adapter or the base reference
+        if f.is_file() and not f.name.startswith("adapter_") and f.name not in (REF_FILE, "manifest.json") \
+                and not (out / f.name).exists():
+            shutil.copy2(f, out / f.name)
+    return out
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", default=None, help="registry directory (default: settings, ./models)")
     p.add_argument("--model", default=None, help="model name (default: settings, 'student')")
@@ -329,6 +407,8 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--pretrained", default=None,
                    help="train this model (local path or cached id) instead of a tiny one")
+    p.add_argument("--base", default=None, metavar="NAME",
+                   help="a named pretrained base, e.g. gemma3-270m (`stillflow bases list`)")
     p.add_argument("--lora", action="store_true", help="LoRA adapters (peft) instead of full fine-tuning")
     p.add_argument("--no-dpo", action="store_true", help="SFT only")
     from stillflow.cli import positive_int
@@ -376,7 +456,18 @@ def register(subparsers: Any) -> None:
     a = actions.add_parser("rollback", help="take the live version out, make the previous one live again")
     a.add_argument("--to", default=None, help="the version to make live (default: the one live before)")
     _change_flags(a)
+    a = actions.add_parser("export", help="a version as a standalone HF directory (LoRA: merged into its base)")
+    a.add_argument("version", nargs="?", default=None, help="default: the live version")
+    a.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    _common(a)
     p.set_defaults(func=cmd_models, json=False, version=None, to=None, reason=None, offline=False)
+
+    p = subparsers.add_parser("bases", help="named pretrained bases for --base: list, install (convert once)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("list", help="the named bases, whether each is installed and converted")
+    a = actions.add_parser("install", help="convert a named base into the cache now (else on first use)")
+    a.add_argument("name")
+    p.set_defaults(func=cmd_bases)
 
 
 def _change_flags(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,8 @@
 Exports `run_dpo(student, reference_dir, rows, section, out_dir, ...)` → `trainer.sft.StageResult`.
 
 The reference model is the SFT checkpoint as saved on disk (`reference_dir`), loaded separately and
-frozen; the policy starts from the same weights. Rows are trl's conversational preference rows
+frozen; the policy starts from the same weights. A LoRA student keeps training its adapter, and trl
+copies the SFT adapter as the reference (the base is loaded once). Rows are trl's conversational preference rows
 `{"prompt", "chosen", "rejected", "tools"}`. With `sft_weight > 0` the loss is trl's
 `["sigmoid", "sft"]` combination (DPO plus an NLL term on the chosen continuation, which keeps a small
 student from drifting away from the good traces while it learns what not to do).
@@ -76,8 +77,10 @@ def run_dpo(
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    ref = AutoModelForCausalLM.from_pretrained(str(reference_dir), local_files_only=True)
-    ref.eval()
+    ref = None  # a LoRA student: trl copies its SFT adapter as the frozen reference (no second model)
+    if not student.lora:
+        ref = AutoModelForCausalLM.from_pretrained(str(reference_dir), local_files_only=True)
+        ref.eval()
     loss_type = ["sigmoid", "sft"] if section.sft_weight > 0 else ["sigmoid"]
     weights = [1.0, section.sft_weight] if section.sft_weight > 0 else None
     losses: list[dict[str, float]] = []

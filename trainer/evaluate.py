@@ -42,9 +42,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stillflow.chatformat import (
+    CHATML,
     CONFIDENCE_FUNCTION,
-    IM_END,
     OutputFormatError,
+    TurnFormat,
     episode_confidence,
     parse_assistant,
     turn_confidence,
@@ -106,14 +107,16 @@ class Generation:
 class StudentRuntime:
     """A model and its tokenizer, generating one assistant turn at a time (greedy)."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", codec: SlotCodec | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: str = "cpu", codec: SlotCodec | None = None,
+                 fmt: TurnFormat = CHATML) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.codec = codec  # value slots: messages encoded before the template, values put back after
-        stop = tokenizer.convert_tokens_to_ids(IM_END)
-        unk = getattr(tokenizer, "unk_token_id", None)
-        self.stop_ids = sorted({i for i in (stop, tokenizer.eos_token_id) if i is not None and i != unk})
+        self.fmt = fmt  # how the student's turns end and mark tool calls (the router reads them the same way)
+        self.stop_ids = fmt.stop_ids(tokenizer)
+        if not self.stop_ids:
+            raise ValueError(f"the tokenizer has no single token for the end of turn {fmt.end_of_turn!r}")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
 
     def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
@@ -214,6 +217,7 @@ def run_student_episode(
 
     messages = task_opening(task)
     tools = task_tools(task)
+    fmt: TurnFormat = getattr(runtime, "fmt", CHATML)  # a runtime without one writes ChatML turns
     session = env.new_session(task)
     steps: list[TraceStep] = []
     transcript: list[dict[str, Any]] = []
@@ -233,13 +237,13 @@ def run_student_episode(
         n_prompt += gen.prompt_tokens
         n_completion += gen.completion_tokens
         confidences.append(gen.confidence)
-        transcript.append({"role": "assistant", "text": gen.text.split(IM_END, 1)[0][:600],
+        transcript.append({"role": "assistant", "text": gen.text.split(fmt.end_of_turn, 1)[0][:600],
                            "confidence": round(gen.confidence, 4)})
         if not gen.finished:
             error = f"output cut off at max_new_tokens={max_new_tokens}"
             break
         try:
-            parsed = parse_assistant(gen.text)
+            parsed = parse_assistant(gen.text, fmt)
         except OutputFormatError as exc:
             error = f"unreadable output: {exc}"[:500]
             break
@@ -472,6 +476,7 @@ def offline_replay(
     final answer misses the teacher's (`wrong_answer`)."""
     from stillflow.answers import answers_match
 
+    fmt: TurnFormat = getattr(runtime, "fmt", CHATML)
     n_conv = n_turns = kind_ok = tool_ok = args_ok = answer_ok = n_finals = n_calls = full_ok = 0
     failures: Counter[str] = Counter()
     failed_convs = 0
@@ -496,7 +501,7 @@ def offline_replay(
                 conv_kinds.add("crash")
                 continue
             try:
-                parsed = parse_assistant(gen.text)
+                parsed = parse_assistant(gen.text, fmt)
             except OutputFormatError:
                 conv_kinds.add("crash")
                 continue

@@ -138,7 +138,7 @@ class TrainingJob:
         try:
             t0 = time.perf_counter()
             conversations = [{"messages": r["messages"], "tools": json.loads(r["tools"])} for r in train_rows]
-            student = make_student(conversations, s.student, seed=s.seed)
+            student = make_student(conversations, s.student, seed=s.seed, progress=self.echo)
             student.model.to(device)
             self.echo(f"[{run_id}] student: {student.describe()}")
             train_rows = student.encode_rows(train_rows)
@@ -147,7 +147,7 @@ class TrainingJob:
             if student.codec is not None:
                 # measured: with value slots the synthetic recall stage only raised the SFT loss (1.77 vs 0.83)
                 warm = StageResult("copy_warmup", None, skipped="value slots: a copy is one slot token")
-            elif not s.student.pretrained:
+            elif not (s.student.pretrained or s.student.base):
                 warm = copy_warmup(student, steps=s.student.copy_warmup_steps, learning_rate=s.student.copy_warmup_lr,
                                    device=device, seed=s.seed, target_loss=s.student.copy_warmup_target_loss)
                 stages["copy_warmup"] = warm.seconds
@@ -178,8 +178,8 @@ class TrainingJob:
             model.eval()
             evaluator = DistillationEvaluator(self.settings, s.eval, s.gate, env=self.env, progress=self.echo)
             version_hint = self.registry.next_version()
-            report = evaluator.evaluate(StudentRuntime(model, student.tokenizer, device, student.codec), split,
-                                        model_id=f"{s.model_name}-{version_hint}")
+            runtime = StudentRuntime(model, student.tokenizer, device, student.codec, student.fmt)
+            report = evaluator.evaluate(runtime, split, model_id=f"{s.model_name}-{version_hint}")
             stages["evaluate"] = time.perf_counter() - t0
             decision = decide(report, s.gate)
             metrics = report.metrics()

@@ -33,6 +33,7 @@ __all__ = [
     "TrainerSection",
     "TrainerSettings",
     "with_trainer",
+    "pretrained_profile",
 ]
 
 
@@ -51,10 +52,12 @@ class LoraSection(_Section):
 
 
 class StudentSection(_Section):
-    """The student: `pretrained` set → that model and its tokenizer (a local path or a hub id already in
-    the local cache: nothing is downloaded); unset → a tiny model built from the dims below, with a
-    byte-level BPE tokenizer trained on the training corpus."""
+    """The student: `base` set → a named pretrained base (`trainer.bases`, e.g. `gemma3-270m`, converted once
+    into a cached directory); `pretrained` set → that model and its tokenizer (a local path or a hub id
+    already in the local cache: nothing is downloaded); neither → a tiny model built from the dims below,
+    with a byte-level BPE tokenizer trained on the training corpus."""
 
+    base: str | None = Field(default=None, description="a named base (trainer.bases.NAMED_BASES), e.g. gemma3-270m")
     pretrained: str | None = Field(default=None, description="path or id for from_pretrained; None = tiny")
     arch: Literal["llama", "qwen2"] = "llama"
     hidden_size: int = Field(default=256, ge=16)
@@ -91,8 +94,14 @@ class StudentSection(_Section):
     )
     lora: LoraSection = LoraSection()
 
+    @property
+    def is_pretrained(self) -> bool:
+        return bool(self.base or self.pretrained)
+
     @model_validator(mode="after")
     def _dims(self) -> StudentSection:
+        if self.base and self.pretrained:
+            raise ValueError("set base (a named base) or pretrained (a directory), not both")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         kv = self.num_kv_heads or self.num_heads
@@ -232,6 +241,32 @@ class TrainerSection(_Section):
                                                      "max_new_tokens": 96}),
             }
         )
+
+
+def _pretrained_updates(section: TrainerSection, quick: bool) -> dict[str, Any]:
+    """What a pretrained student is trained with, in place of the tiny student's defaults: learning rates
+    for a model that already reads text (LoRA ~1e-4, full ~1e-5), small batches (a 262k-token output head
+    is most of a step), no minimum step count and no identifier-swapped copies (those teach a model from
+    scratch to copy), longer turns. `quick`: a short CPU run."""
+    lora = section.student.lora.enabled
+    sft = {"learning_rate": 2e-4 if lora else 2e-5, "batch_size": 4, "grad_accum": 1, "min_steps": 0,
+           "epochs": 2.0, "augment_copies": 0, "max_length": 2048, "logging_steps": 5, "warmup_ratio": 0.1}
+    dpo = {"learning_rate": 5e-5 if lora else 5e-6, "batch_size": 2, "max_length": 2048}
+    ev = {"max_new_tokens": 192}
+    if quick:
+        sft.update({"max_steps": 60})
+        dpo.update({"max_steps": 10})
+        ev.update({"max_new_tokens": 160})
+    return {"sft": section.sft.model_copy(update=sft), "dpo": section.dpo.model_copy(update=dpo),
+            "eval": section.eval.model_copy(update=ev)}
+
+
+def pretrained_profile(section: TrainerSection, *, quick: bool = False) -> TrainerSection:
+    """`section` with the pretrained student's training defaults (see `_pretrained_updates`); a no-op for
+    a tiny student."""
+    if not section.student.is_pretrained:
+        return section
+    return section.model_copy(update=_pretrained_updates(section, quick))
 
 
 class TrainerSettings(StillflowSettings):

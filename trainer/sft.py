@@ -3,7 +3,9 @@
 Exports `StageResult` (what a training stage produced: checkpoint, steps, time, logged losses) and
 `run_sft(student, rows, section, out_dir, ...)`, plus the helpers shared with `trainer.dpo`:
 `LossRecorder` (a `TrainerCallback` keeping every logged loss), `training_device_args(device)`,
-`save_student(model, tokenizer, path)` (merges LoRA adapters, writes safetensors) and
+`save_student(model, tokenizer, path, fmt=..., base=...)` (a LoRA student on a pretrained base: the
+adapter only, with a reference to its base; otherwise the whole model, LoRA merged; safetensors either
+way, with the turn format and the base's licence files) and
 `length_filter(tokenizer, rows, max_length)`.
 
 Rows are trl's conversational rows: `{"messages": [...], "tools": "<JSON text>"}`. Conversations
@@ -175,19 +177,35 @@ def train_and_save(stage: str, trainer: Any, student: Student, out_dir: Path, st
     quiet_printer(trainer)
     out = trainer.train()
     student.model = trainer.model
-    checkpoint = save_student(student.model, student.tokenizer, out_dir)
+    checkpoint = save_student(student.model, student.tokenizer, out_dir, fmt=student.fmt, base=student.base)
     return StageResult(stage, checkpoint, steps=int(out.global_step), seconds=time.perf_counter() - started,
                        examples=examples, dropped=dropped, losses=losses)
 
 
-def save_student(model: Any, tokenizer: Any, path: Path) -> Path:
-    """Write the model (LoRA merged) as safetensors and its tokenizer; returns `path`."""
+def save_student(model: Any, tokenizer: Any, path: Path, *, fmt: Any = None, base: dict[str, Any] | None = None
+                 ) -> Path:
+    """Write a student: with `base` (LoRA on a pretrained base) its adapter and `stillflow_base_ref.json`,
+    else the whole model (LoRA merged, on a copy-free path: the adapters of a tiny student are folded in);
+    its tokenizer and turn format; the base's licence files. Returns `path`."""
+    import shutil
+
+    from stillflow.bases import REF_FILE
+    from stillflow.chatformat import CHATML, save_turn_format
     from trainer.student import merge_lora
 
     path.mkdir(parents=True, exist_ok=True)
-    plain = merge_lora(model)
-    plain.save_pretrained(str(path), safe_serialization=True)
+    if base is not None and hasattr(model, "peft_config"):
+        model.save_pretrained(str(path), selected_adapters=["default"], safe_serialization=True)
+        (path / REF_FILE).write_text(json.dumps(base, indent=2) + "\n", encoding="utf-8")
+        from trainer.bases import licence_files
+
+        for f in licence_files(Path(base["path"])):
+            shutil.copy2(f, path / f.name)
+    else:
+        plain = merge_lora(model)
+        plain.save_pretrained(str(path), safe_serialization=True)
     tokenizer.save_pretrained(str(path))
+    save_turn_format(path, fmt or CHATML)
     return path
 
 

@@ -5,9 +5,11 @@ Exports
 - `tiny_student(conversations, section, seed=0)`: a small Llama- or Qwen2-shaped model built from the
   settings' dims, with a byte-level BPE tokenizer trained on `conversations` (`trainer.tokenizer`);
 - `pretrained_student(path_or_id, section)`: `from_pretrained` for a real model and its tokenizer (local
-  files only: nothing is downloaded); the tokenizer's own chat template is kept when it has one and
-  gets `trainer.chat_template` otherwise;
-- `make_student(conversations, section)`: one of the two, by `section.pretrained`;
+  files only: nothing is downloaded); its turn format is the directory's `stillflow_turns.json` (a named
+  base has one), else its own template when that writes Hermes tool calls, else stillflow's
+  (`trainer.chat_template.choose_template`); with LoRA the base's sha256 is taken for the registry;
+- `make_student(conversations, section)`: tiny, a named base (`section.base`, `trainer.bases`) or a
+  pretrained directory (`section.pretrained`);
 - `apply_lora(model, lora)` (peft) and `merge_lora(model)`;
 - `pick_device(setting)`: "auto" → cuda, else mps, else cpu;
 - `load_student(path, device)`: a saved student (a registry version or a checkpoint) for inference.
@@ -22,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stillflow.chatformat import IM_END
+from stillflow.chatformat import CHATML, IM_END, IM_START, TURN_FORMAT_FILE, TurnFormat, load_turn_format
 from stillflow.slots import SlotCodec, load_format
-from trainer.chat_template import build_chat_template
 from trainer.settings import LoraSection, StudentSection
 
 if TYPE_CHECKING:
@@ -50,11 +51,13 @@ class Student:
     source: str  # "tiny:<arch>" or the pretrained path/id
     lora: bool = False
     codec: SlotCodec | None = None  # value slots (tiny students): conversations are encoded with it
+    fmt: TurnFormat = CHATML  # how its turns end and mark tool calls (saved with every checkpoint)
+    base: dict[str, Any] | None = None  # LoRA on a pretrained base: stillflow.bases.base_ref (name, sha256, path)
 
     def encode_rows(self, rows: list[dict[str, Any]], kind: str = "sft") -> list[dict[str, Any]]:
         """Training rows as this student reads them (unchanged without value slots)."""
         if self.codec is None:
-            return rows
+            return rows if self.fmt.template != "own" else [_object_arguments(r) for r in rows]
         enc = self.codec.encode_sft_row if kind == "sft" else self.codec.encode_dpo_row
         return [enc(r) for r in rows]
 
@@ -68,9 +71,36 @@ class Student:
             "num_layers": getattr(cfg, "num_hidden_layers", None),
             "vocab_size": len(self.tokenizer),
             "lora": self.lora,
+            "turn_format": self.fmt.template,
+            "base": {k: v for k, v in self.base.items() if k in ("name", "sha256")} if self.base else None,
             "value_slots": self.codec.n if self.codec else 0,
             "slot_cells": bool(self.codec and self.codec.cells),
         }
+
+
+def _object_arguments(row: dict[str, Any]) -> dict[str, Any]:
+    """Tool-call arguments as objects: a model's own template (Qwen's) renders JSON text as a quoted
+    string, objects as the JSON it should write."""
+    import contextlib
+    import json
+
+    def fix(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for m in messages:
+            if m.get("tool_calls"):
+                calls = []
+                for tc in m["tool_calls"]:
+                    fn = dict(tc.get("function") or {})
+                    if isinstance(fn.get("arguments"), str):
+                        with contextlib.suppress(json.JSONDecodeError):
+                            fn["arguments"] = json.loads(fn["arguments"])
+                    calls.append({**tc, "function": fn})
+                m = {**m, "tool_calls": calls}
+            out.append(m)
+        return out
+
+    return {k: fix(v) if k in ("messages", "prompt", "chosen", "rejected") and isinstance(v, list) else v
+            for k, v in row.items()}
 
 
 def count_parameters(model: Any) -> int:
@@ -136,9 +166,12 @@ def tiny_student(
     return Student(model, tokenizer, f"tiny:{s.arch}", codec=codec)
 
 
-def pretrained_student(path_or_id: str, section: StudentSection | None = None) -> Student:
+def pretrained_student(path_or_id: str, section: StudentSection | None = None, *,
+                       base_name: str | None = None) -> Student:
     """A real model and its tokenizer, from a local directory or the local hub cache (never downloads)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.chat_template import choose_template
 
     s = section or StudentSection()
     try:
@@ -148,21 +181,51 @@ def pretrained_student(path_or_id: str, section: StudentSection | None = None) -
         raise FileNotFoundError(
             f"cannot load {path_or_id!r} from local files (nothing is downloaded): {exc}"
         ) from None
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = build_chat_template(tool_descriptions=s.tool_descriptions)
+    local = Path(path_or_id)
+    if (local / TURN_FORMAT_FILE).is_file():
+        fmt = load_turn_format(local)  # a named base, or a stillflow checkpoint: its template is stillflow's
+    else:
+        fmt = choose_template(tokenizer, gemma=getattr(model.config, "model_type", "").startswith("gemma"),
+                              tool_descriptions=True)
+    if fmt == CHATML and tokenizer.convert_tokens_to_ids(IM_END) in (None, tokenizer.unk_token_id):
+        if s.lora.enabled:
+            raise ValueError(f"{path_or_id}: its chat template does not write Hermes tool calls and its vocabulary has "
+                             f"no ChatML markers; stillflow's template would add tokens that a LoRA adapter cannot "
+                             f"carry. Use full fine-tuning (no --lora), or a base whose template writes "
+                             f"<tool_call> (Qwen 2.5/3, Hermes) or a Gemma base")
+        tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END]})
+        model.resize_token_embeddings(len(tokenizer))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    student = Student(model, tokenizer, path_or_id)
+    tokenizer.response_template = fmt.response_template()
+    stop = fmt.stop_ids(tokenizer)
+    model.generation_config.eos_token_id = stop
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    student = Student(model, tokenizer, base_name or path_or_id, fmt=fmt)
     if s.lora.enabled:
+        from stillflow.bases import base_ref, read_base, verify_base
+
+        if not local.is_dir():
+            raise ValueError(f"LoRA needs a base in a local directory (its sha256 goes into every version); "
+                             f"{path_or_id!r} is not one")
+        doc = read_base(local)
+        digest = verify_base(local, expect=doc["sha256"] if doc else None)
+        student.base = base_ref(local, name=base_name or (doc or {}).get("name") or local.name, digest=digest)
         student.model = apply_lora(model, s.lora)
         student.lora = True
     return student
 
 
 def make_student(
-    conversations: Iterable[dict[str, Any]], section: StudentSection | None = None, *, seed: int = 0
+    conversations: Iterable[dict[str, Any]], section: StudentSection | None = None, *, seed: int = 0,
+    progress: Any = None,
 ) -> Student:
     s = section or StudentSection()
+    if s.base:
+        from trainer.bases import install_base
+
+        directory = install_base(s.base, progress=progress or print)
+        return pretrained_student(str(directory), s, base_name=s.base)
     if s.pretrained:
         return pretrained_student(s.pretrained, s)
     student = tiny_student(conversations, s, seed=seed)
@@ -192,11 +255,22 @@ def merge_lora(model: Any) -> Any:
 
 
 def load_student(path: str | Path, device: str = "cpu") -> Student:
-    """A saved student (safetensors + tokenizer) ready for generation."""
+    """A saved student (safetensors + tokenizer, or a LoRA adapter and the base it names) for inference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from stillflow.bases import read_ref, resolve_base
+
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+    ref = read_ref(Path(path))
+    if ref is not None:
+        from peft import PeftModel
+
+        base_dir = resolve_base(ref)
+        base = AutoModelForCausalLM.from_pretrained(str(base_dir), local_files_only=True, use_safetensors=True)
+        model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     model.to(device)
     model.eval()
-    return Student(model, tokenizer, str(path), codec=load_format(path))
+    return Student(model, tokenizer, str(path), lora=ref is not None, codec=load_format(path),
+                   fmt=load_turn_format(path), base=ref)
