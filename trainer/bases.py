@@ -113,6 +113,39 @@ def _dist_version(dist: str) -> str | None:
         return None
 
 
+def _bpe_from_scores(path: Path) -> None:
+    """Rewrite a tokenizer.json converted from a GGUF SentencePiece vocabulary as the BPE it is.
+
+    transformers (5.x) converts Gemma's GGUF tokenizer to a model without merges, which reads every word
+    letter by letter (1 878 tokens for 1 882 characters of a sim conversation): the weights were trained
+    on BPE pieces. SentencePiece BPE merges the adjacent pair whose merged piece ranks highest, and the
+    GGUF scores are those ranks, so the merges are rebuilt from them (transformers' own
+    `generate_merges`, as its slow-tokenizer converter does); control tokens (<start_of_turn>, <unusedN>,
+    ...) become special tokens so that the template's markers read as one token each."""
+    import re
+
+    from tokenizers import AddedToken, Tokenizer
+    from transformers.convert_slow_tokenizer import generate_merges
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model = data["model"]
+    if model.get("type") == "BPE" and model.get("merges"):
+        return
+    scores = [(t, float(s)) for t, s in model["vocab"]]
+    vocab: dict[str, int] = {}
+    for i, (t, _) in enumerate(scores):
+        vocab.setdefault(t, i)
+    control = [t for t, s in scores if s == -1000.0]
+    skip = set(control) | {t for t in vocab if re.fullmatch(r"<0x[0-9A-F]{2}>", t)}
+    merges = generate_merges(vocab, scores, skip_tokens=skip)
+    data["model"] = {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                     "vocab": vocab, "merges": [list(m) for m in merges]}
+    tok = Tokenizer.from_str(json.dumps(data))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    tok.save(str(path))
+
+
 def _convert_gguf(module: object, out: Path, progress: Callable[[str], None]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -137,6 +170,12 @@ def _convert_gguf(module: object, out: Path, progress: Callable[[str], None]) ->
     out.mkdir(parents=True)
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
+    _bpe_from_scores(out / "tokenizer.json")
+    check = AutoTokenizer.from_pretrained(str(out))
+    if check.tokenize("Hello world") != ["Hello", "▁world"] or check.convert_tokens_to_ids("<end_of_turn>") != \
+            check("<end_of_turn>", add_special_tokens=False)["input_ids"][0]:
+        raise BaseError("base_unreadable", f"the converted tokenizer does not read text as the model was trained: "
+                                           f"{check.tokenize('Hello world')}")
     save_turn_format(out, GEMMA_FORMAT)
     data = Path(module.__file__).parent / "data"  # type: ignore[attr-defined]
     for f in sorted(data.iterdir()):
