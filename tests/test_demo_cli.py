@@ -88,3 +88,21 @@ def test_the_gate_judges_what_the_router_would_serve_unless_told_otherwise(
     assert scope("--gate-scope", "all") == "all"
     monkeypatch.setenv("STILLFLOW_TRAINER__GATE__SCOPE", "all")
     assert scope() == "all"  # a setting given in the environment wins over the demo's default
+
+
+def test_a_pretrained_student_scales_the_budgets_and_trains_that_base(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import stillflow.demo as demo
+
+    by, budgets = _plan("--quick", "--student", "gemma3-270m", tmp_path=tmp_path)
+    scale = demo._PRETRAINED_SCALE[demo._device()]
+    assert budgets.teacher_phase_s == Budgets.quick().teacher_phase_s * scale > Budgets.quick().teacher_phase_s
+    assert "--quick" in by["trainer"] and "--sft-steps" not in by["trainer"]  # the base's own quick profile
+    assert f"budget is scaled x{scale:g}" in capsys.readouterr().out  # and the demo says why
+    args = build_parser().parse_args(["demo", "--student", "gemma3-270m"])
+    _defaults(args)
+    env = _service_env("127.0.0.1:9092", tmp_path, args)
+    assert env["STILLFLOW_TRAINER__STUDENT__BASE"] == "gemma3-270m"
+    assert env["STILLFLOW_TRAINER__STUDENT__LORA__ENABLED"] == "true"
+    assert "STILLFLOW_TRAINER__STUDENT__BASE" not in _service_env("127.0.0.1:9092", tmp_path,
+                                                                  build_parser().parse_args(["demo"]))

@@ -53,6 +53,10 @@ def _settings(args: argparse.Namespace) -> Any:
 
     settings = TrainerSettings()
     section = settings.trainer
+    # a pretrained student from the environment (STILLFLOW_TRAINER__STUDENT__BASE=...) with the tiny student's
+    # learning rate left in place gets its own training defaults (fields set explicitly stay)
+    env_pretrained = section.student.is_pretrained and "learning_rate" not in section.sft.model_fields_set
+    explicit = section
     if getattr(args, "quick", False):
         section = section.quick()
     updates: dict[str, Any] = {}
@@ -74,18 +78,13 @@ def _settings(args: argparse.Namespace) -> Any:
     if getattr(args, "lora", False):
         student = updates.get("student", section.student)
         updates["student"] = student.model_copy(update={"lora": student.lora.model_copy(update={"enabled": True})})
-    if section.student.is_pretrained and "learning_rate" not in section.sft.model_fields_set:
-        # a pretrained student from the environment (STILLFLOW_TRAINER__STUDENT__BASE=...) with the tiny
-        # student's learning rates left in place: its own defaults (any field set explicitly stays)
+    student_now = updates.get("student", section.student)
+    if student_now.is_pretrained and (env_pretrained or not section.student.is_pretrained):
+        # a pretrained student: its training defaults (learning rates, batch, steps), before the flags below
         from trainer.settings import pretrained_profile
 
-        section = pretrained_profile(section, quick=bool(getattr(args, "quick", False)))
-    elif "student" in updates and updates["student"].is_pretrained and not section.student.is_pretrained:
-        # a pretrained student from the command line: its training defaults, before the flags below
-        from trainer.settings import pretrained_profile
-
-        section = pretrained_profile(section.model_copy(update={"student": updates["student"]}),
-                                     quick=bool(getattr(args, "quick", False)))
+        section = pretrained_profile(section.model_copy(update={"student": student_now}),
+                                     quick=bool(getattr(args, "quick", False)), explicit=explicit)
     env = getattr(args, "environment", None)
     if env is not None:
         updates["eval"] = section.eval.model_copy(

@@ -254,19 +254,26 @@ def _pretrained_updates(section: TrainerSection, quick: bool) -> dict[str, Any]:
     dpo = {"learning_rate": 5e-5 if lora else 5e-6, "batch_size": 2, "max_length": 2048}
     ev = {"max_new_tokens": 192}
     if quick:
-        sft.update({"max_steps": 60})
+        sft.update({"max_steps": 40})
         dpo.update({"max_steps": 10})
         ev.update({"max_new_tokens": 160})
-    return {"sft": section.sft.model_copy(update=sft), "dpo": section.dpo.model_copy(update=dpo),
-            "eval": section.eval.model_copy(update=ev)}
+    return {"sft": sft, "dpo": dpo, "eval": ev}
 
 
-def pretrained_profile(section: TrainerSection, *, quick: bool = False) -> TrainerSection:
-    """`section` with the pretrained student's training defaults (see `_pretrained_updates`); a no-op for
-    a tiny student."""
+def pretrained_profile(section: TrainerSection, *, quick: bool = False,
+                       explicit: TrainerSection | None = None) -> TrainerSection:
+    """`section` with the pretrained student's training defaults (see `_pretrained_updates`); the fields
+    set explicitly in `explicit` (the settings as read from the environment) keep their values there.
+    A no-op for a tiny student."""
     if not section.student.is_pretrained:
         return section
-    return section.model_copy(update=_pretrained_updates(section, quick))
+    updates = {}
+    for name, fields in _pretrained_updates(section, quick).items():
+        if explicit is not None:
+            given = getattr(explicit, name)
+            fields = {**fields, **{k: getattr(given, k) for k in given.model_fields_set}}
+        updates[name] = getattr(section, name).model_copy(update=fields)
+    return section.model_copy(update=updates)
 
 
 class TrainerSettings(StillflowSettings):
