@@ -35,9 +35,9 @@ from benchmarks.common import emit_result, progress
 
 JOBS = {"demo": "lookup,recovery", "all": None}
 
-# per budget: sim tasks per job, held-out tasks, tiny SFT steps, pretrained SFT steps (batch 4), DPO steps
+# per budget: sim tasks per job, held-out tasks, tiny SFT steps, pretrained SFT steps (its profile's batch), DPO steps
 BUDGETS = {
-    "cpu": {"tasks": 240, "eval_tasks": 20, "tiny_steps": 800, "pretrained_steps": 24, "dpo_steps": 6},
+    "cpu": {"tasks": 240, "eval_tasks": 16, "tiny_steps": 800, "pretrained_steps": 20, "dpo_steps": 4},
     "gpu": {"tasks": 600, "eval_tasks": 60, "tiny_steps": 1600, "pretrained_steps": 300, "dpo_steps": 40},
 }
 

@@ -93,6 +93,7 @@ async def test_the_router_serves_the_lora_version_and_refuses_a_foreign_base(
     from stillflow.bases import REF_FILE
     from stillflow.chatformat import parse_assistant
     from stillflow.registry import ModelRegistry
+    from trainer.evaluate import StudentRuntime
 
     student = trained["student"]
     reg = ModelRegistry(tmp_path / "registry", "student")
@@ -136,3 +137,16 @@ async def test_the_router_serves_the_lora_version_and_refuses_a_foreign_base(
         (call,) = choice.message.tool_calls
         assert call.function.name == want["name"]
         assert isinstance(json.loads(call.function.arguments), dict)
+
+    # a merged export: a standalone HF directory that reads and writes turns the same way
+    from stillflow.cli import main
+    from trainer.student import load_student
+
+    assert main(["models", "export", info.version, "--registry", str(tmp_path / "registry"),
+                 "--out", str(tmp_path / "merged")]) == 0
+    files = {f.name for f in (tmp_path / "merged").iterdir()}
+    assert {"model.safetensors", "stillflow_turns.json", "GEMMA_TERMS.html"} <= files
+    assert not {"adapter_model.safetensors", REF_FILE} & files
+    merged = load_student(tmp_path / "merged")
+    again = StudentRuntime(merged.model, merged.tokenizer, fmt=merged.fmt).generate(opening, tools, 96)
+    assert parse_assistant(again.text, merged.fmt).calls[0].name == want["name"]
