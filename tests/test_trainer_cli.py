@@ -189,3 +189,11 @@ def test_a_pretrained_student_gets_its_own_training_defaults(monkeypatch: pytest
     monkeypatch.setenv("STILLFLOW_TRAINER__SFT__LEARNING_RATE", "1e-4")
     assert _settings(build_parser().parse_args(["trainer"])).trainer.sft.learning_rate == 1e-4
     assert main(["train", "--from-jsonl", "x", "--base", "a", "--pretrained", "b"]) != 0
+
+
+def test_the_gate_scope_is_a_flag() -> None:
+    from trainer.cli import _settings
+
+    args = build_parser().parse_args(["train", "--from-jsonl", "x", "--quick", "--gate-scope", "routed"])
+    assert _settings(args).trainer.gate.scope == "routed"
+    assert _settings(build_parser().parse_args(["train", "--from-jsonl", "x"])).trainer.gate.scope == "all"

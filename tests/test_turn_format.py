@@ -25,6 +25,7 @@ from trainer.chat_template import (
     build_gemma_template,
     choose_template,
     own_template_format,
+    trainable_template,
 )
 from trainer.data import _sft_from_event, sft_rows
 
@@ -156,6 +157,12 @@ def test_templates_without_hermes_calls_are_not_kept(tokenizer_factory: Any) -> 
     assert choose_template(gem, gemma=True) == GEMMA_FORMAT and "<start_of_turn>" in gem.chat_template
     qwen = tokenizer_factory(QWEN_TEMPLATE, eos_token="<|im_end|>")
     assert choose_template(qwen).template == "own" and qwen.chat_template == QWEN_TEMPLATE
+    assert trainable_template(qwen)  # trl has its training version (assistant-only loss)
+    # a template that writes Hermes calls but that trl cannot mark for the loss: stillflow's instead
+    odd = QWEN_TEMPLATE.replace("You are Qwen, created by Alibaba Cloud.", "You are a bot.")
+    other = tokenizer_factory(odd, eos_token="<|im_end|>")
+    assert own_template_format(other) is not None and not trainable_template(other)
+    assert choose_template(other) == CHATML and other.chat_template != odd
 
 
 def test_turn_format_file(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ from typing import Any
 
 from stillflow.chatformat import CHATML, TOOL_CALL_START, TurnFormat, parse_assistant
 
-__all__ = ["build_chat_template", "build_gemma_template", "GEMMA_FORMAT", "own_template_format", "choose_template"]
+__all__ = ["build_chat_template", "build_gemma_template", "GEMMA_FORMAT", "own_template_format", "choose_template",
+           "trainable_template"]
 
 _TOOLS_SIGNATURE = """
 {%- for tool in tools -%}
@@ -220,12 +221,30 @@ def own_template_format(tokenizer: Any) -> TurnFormat | None:
     return fmt
 
 
+def trainable_template(tokenizer: Any) -> bool:
+    """The tokenizer's template marks what the model writes (`{% generation %}`), or trl has a training
+    version of it (Qwen 2.5/3, Llama 3, Gemma, ...: `trl.chat_template_utils.get_training_chat_template`),
+    so that the loss can be on the assistant's turns only."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if "endgeneration" in template:  # {% generation %} ... {% endgeneration %}, any whitespace control
+        return True
+    try:
+        from trl.chat_template_utils import get_training_chat_template
+    except ImportError:  # pragma: no cover - the trainer's extra brings trl
+        return False
+    try:
+        return bool(get_training_chat_template(tokenizer))
+    except ValueError:  # trl knows no training version of this template
+        return False
+
+
 def choose_template(tokenizer: Any, *, gemma: bool = False, tool_descriptions: bool = True) -> TurnFormat:
     """Give a pretrained student its template and return its turn format: its own template when that
-    already writes Hermes tool calls, else stillflow's (Gemma's turns for a Gemma model, ChatML
-    otherwise, the latter with its markers added to the vocabulary by the caller)."""
+    already writes Hermes tool calls and can mark the assistant's turns for the loss, else stillflow's
+    (Gemma's turns for a Gemma model, ChatML otherwise, the latter with its markers added to the
+    vocabulary by the caller)."""
     own = None if gemma else own_template_format(tokenizer)
-    if own is not None:
+    if own is not None and trainable_template(tokenizer):
         return own
     if gemma or "<start_of_turn>" in tokenizer.get_vocab():
         tokenizer.chat_template = build_gemma_template(tool_descriptions=tool_descriptions)

@@ -94,6 +94,8 @@ def _settings(args: argparse.Namespace) -> Any:
     if getattr(args, "eval_tasks", None):
         ev = updates.get("eval", section.eval)
         updates["eval"] = ev.model_copy(update={"tasks": args.eval_tasks})
+    if getattr(args, "gate_scope", None):
+        updates["gate"] = section.gate.model_copy(update={"scope": args.gate_scope})
     if getattr(args, "no_dpo", False):
         updates["dpo"] = section.dpo.model_copy(update={"enabled": False})
     if getattr(args, "sft_steps", None):  # after the profile: --quick --sft-steps 1600 is the quick student, longer
@@ -418,6 +420,9 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--environment", default=None,
                    help="evaluation environment module:attr ('none' = offline replay only)")
     p.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks run online")
+    p.add_argument("--gate-scope", choices=("all", "routed"), default=None,
+                   help="all: the student alone on every held-out task (default); routed: behind the router, on "
+                        "the tasks its calibrated threshold sends it (as the demo judges it)")
 
 
 def register(subparsers: Any) -> None:

@@ -177,13 +177,14 @@ def train_and_save(stage: str, trainer: Any, student: Student, out_dir: Path, st
     quiet_printer(trainer)
     out = trainer.train()
     student.model = trainer.model
-    checkpoint = save_student(student.model, student.tokenizer, out_dir, fmt=student.fmt, base=student.base)
+    checkpoint = save_student(student.model, student.tokenizer, out_dir, fmt=student.fmt, base=student.base,
+                              licences_from=student.home)
     return StageResult(stage, checkpoint, steps=int(out.global_step), seconds=time.perf_counter() - started,
                        examples=examples, dropped=dropped, losses=losses)
 
 
-def save_student(model: Any, tokenizer: Any, path: Path, *, fmt: Any = None, base: dict[str, Any] | None = None
-                 ) -> Path:
+def save_student(model: Any, tokenizer: Any, path: Path, *, fmt: Any = None, base: dict[str, Any] | None = None,
+                 licences_from: Path | None = None) -> Path:
     """Write a student: with `base` (LoRA on a pretrained base) its adapter and `stillflow_base_ref.json`,
     else the whole model (LoRA merged, on a copy-free path: the adapters of a tiny student are folded in);
     its tokenizer and turn format; the base's licence files. Returns `path`."""
@@ -197,13 +198,15 @@ def save_student(model: Any, tokenizer: Any, path: Path, *, fmt: Any = None, bas
     if base is not None and hasattr(model, "peft_config"):
         model.save_pretrained(str(path), selected_adapters=["default"], safe_serialization=True)
         (path / REF_FILE).write_text(json.dumps(base, indent=2) + "\n", encoding="utf-8")
-        from trainer.bases import licence_files
-
-        for f in licence_files(Path(base["path"])):
-            shutil.copy2(f, path / f.name)
+        licences_from = licences_from or Path(base["path"])
     else:
         plain = merge_lora(model)
         plain.save_pretrained(str(path), safe_serialization=True)
+    if licences_from is not None:  # the base's terms travel with everything built on it
+        from trainer.bases import licence_files
+
+        for f in licence_files(licences_from):
+            shutil.copy2(f, path / f.name)
     tokenizer.save_pretrained(str(path))
     save_turn_format(path, fmt or CHATML)
     return path

@@ -53,6 +53,7 @@ class Student:
     codec: SlotCodec | None = None  # value slots (tiny students): conversations are encoded with it
     fmt: TurnFormat = CHATML  # how its turns end and mark tool calls (saved with every checkpoint)
     base: dict[str, Any] | None = None  # LoRA on a pretrained base: stillflow.bases.base_ref (name, sha256, path)
+    home: Path | None = None  # a pretrained student's directory: its licence files travel into every version
 
     def encode_rows(self, rows: list[dict[str, Any]], kind: str = "sft") -> list[dict[str, Any]]:
         """Training rows as this student reads them (unchanged without value slots)."""
@@ -201,7 +202,7 @@ def pretrained_student(path_or_id: str, section: StudentSection | None = None, *
     stop = fmt.stop_ids(tokenizer)
     model.generation_config.eos_token_id = stop
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    student = Student(model, tokenizer, base_name or path_or_id, fmt=fmt)
+    student = Student(model, tokenizer, base_name or path_or_id, fmt=fmt, home=local if local.is_dir() else None)
     if s.lora.enabled:
         from stillflow.bases import base_ref, read_base, verify_base
 
