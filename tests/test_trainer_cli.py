@@ -174,7 +174,7 @@ def test_a_pretrained_student_gets_its_own_training_defaults(monkeypatch: pytest
 
     lora = section("--base", "gemma3-270m", "--lora", "--quick")
     assert lora.student.base == "gemma3-270m" and lora.student.lora.enabled and lora.student.pretrained is None
-    assert lora.sft.learning_rate == 2e-4 and lora.sft.augment_copies == 0 and lora.sft.min_steps == 0
+    assert lora.sft.learning_rate == 1e-3 and lora.sft.augment_copies == 0 and lora.sft.min_steps == 0
     assert 0 < lora.sft.max_steps < 800  # the quick profile's step count is for tiny students
     full = section("--pretrained", "/models/x")
     assert full.sft.learning_rate == 2e-5 and full.sft.max_steps == -1 and full.student.base is None
@@ -185,7 +185,7 @@ def test_a_pretrained_student_gets_its_own_training_defaults(monkeypatch: pytest
     monkeypatch.setenv("STILLFLOW_TRAINER__STUDENT__LORA__ENABLED", "true")
     monkeypatch.setenv("STILLFLOW_TRAINER__SFT__BATCH_SIZE", "2")
     env = _settings(build_parser().parse_args(["trainer", "--quick"])).trainer
-    assert env.sft.learning_rate == 2e-4 and env.sft.batch_size == 2 and env.student.base == "gemma3-270m"
+    assert env.sft.learning_rate == 1e-3 and env.sft.batch_size == 2 and env.student.base == "gemma3-270m"
     monkeypatch.setenv("STILLFLOW_TRAINER__SFT__LEARNING_RATE", "1e-4")
     assert _settings(build_parser().parse_args(["trainer"])).trainer.sft.learning_rate == 1e-4
     assert main(["train", "--from-jsonl", "x", "--base", "a", "--pretrained", "b"]) != 0
