@@ -79,6 +79,7 @@ class StudentModel:
         self.fmt = fmt  # the version's turn format (stillflow_turns.json): its end of turn, its tool calls
         self.base = base  # LoRA versions: the name of the base they run on
         self.shared: SharedBase | None = None  # LoRA versions: the loaded base their adapter is one of
+        self.adapter = f"{version}_{manifest_sha256[:12]}"  # its adapter's name there (unique per version)
         self.codec = codec  # value slots (stillflow.slots): requests encoded as the student was trained
         self.model = model
         self.tokenizer = tokenizer
@@ -95,7 +96,6 @@ class StudentModel:
 
     def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                  max_new_tokens: int) -> StudentTurn:
-
         with self._adapter():
             return self._generate(messages, tools, max_new_tokens)
 
@@ -107,7 +107,7 @@ class StudentModel:
             yield
             return
         with self.shared.lock:
-            self.shared.model.set_adapter(self.version)
+            self.shared.model.set_adapter(self.adapter)
             yield
 
     def _generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
@@ -154,8 +154,9 @@ _BASES: dict[str, SharedBase] = {}
 _BASES_LOCK = threading.Lock()
 
 
-def _load_adapter(ref: dict[str, Any], path: Path, version: str, device: str) -> tuple[Any, SharedBase]:
-    """The base `ref` names (loaded once per process, verified on every load) with `version`'s adapter."""
+def _load_adapter(ref: dict[str, Any], path: Path, name: str, device: str) -> tuple[Any, SharedBase]:
+    """The base `ref` names (loaded once per process, verified on every load) with the adapter in `path`
+    under `name`."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -165,16 +166,16 @@ def _load_adapter(ref: dict[str, Any], path: Path, version: str, device: str) ->
         if shared is None:
             base = AutoModelForCausalLM.from_pretrained(str(base_dir), local_files_only=True, use_safetensors=True)
             base.to(device)
-            model = PeftModel.from_pretrained(base, str(path), adapter_name=version, is_trainable=False)
+            model = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=False)
             model.eval()
             shared = SharedBase(ref["sha256"], str(ref["name"]), model)
             _BASES[ref["sha256"]] = shared
         else:
             with shared.lock:
-                if version not in shared.adapters:
-                    shared.model.load_adapter(str(path), adapter_name=version, is_trainable=False)
+                if name not in shared.adapters:
+                    shared.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
                     shared.model.to(device)
-        shared.adapters.add(version)
+        shared.adapters.add(name)
     return shared.model, shared
 
 
@@ -219,7 +220,7 @@ def load_version(registry: ModelRegistry, version: str, *, device: str = "cpu", 
         ref = read_ref(path)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         if ref is not None:
-            model, shared = _load_adapter(ref, path, version, device)
+            model, shared = _load_adapter(ref, path, f"{version}_{sha[:12]}", device)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
             model.to(device)
