@@ -140,17 +140,20 @@ def _device() -> str:
 
 def _budgets(args: argparse.Namespace) -> Budgets:
     base = Budgets.quick() if args.quick else Budgets.full()
-    if getattr(args, "student", "tiny") != "tiny":
+    pretrained = getattr(args, "student", "tiny") != "tiny"
+    if pretrained:
         device = _device()
         scale = _PRETRAINED_SCALE[device]
         base = Budgets(**{k: v * scale for k, v in base.__dict__.items()})
+    budgets = base.with_overrides(teacher_phase_s=args.teacher_phase_s, student_phase_s=args.student_phase_s,
+                                  retrain_wait_s=args.retrain_wait_s, final_phase_s=args.final_phase_s,
+                                  max_s=args.max_seconds)
+    if pretrained:
         print(f"student {args.student} on {device}: a training run, its evaluation and its answers take far "
-              f"longer than the tiny student's, so every time budget is scaled x{scale:g} (the first student "
-              f"goes live within about {base.teacher_phase_s / 60:.0f} minutes; "
-              f"hard stop at {base.max_s / 60:.0f})", flush=True)
-    return base.with_overrides(teacher_phase_s=args.teacher_phase_s, student_phase_s=args.student_phase_s,
-                               retrain_wait_s=args.retrain_wait_s, final_phase_s=args.final_phase_s,
-                               max_s=args.max_seconds)
+              f"longer than the tiny student's, so every time budget is scaled x{scale:g} (a first student "
+              f"must be live within {budgets.teacher_phase_s / 60:.0f} minutes; hard stop at "
+              f"{budgets.max_s / 60:.0f})", flush=True)
+    return budgets
 
 
 def _defaults(args: argparse.Namespace) -> None:
