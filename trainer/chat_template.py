@@ -58,6 +58,22 @@ _TOOLS_SIGNATURE = """
 {%- endfor -%}
 """
 
+# What every student writes in its turn: its text, then its calls in the Hermes form (arguments given as JSON
+# text, as OpenAI does, or as objects); shared by the ChatML and the Gemma templates.
+_ASSISTANT_TURN = """
+{{- message['content'] or '' -}}
+{%- if message['tool_calls'] -%}
+{%- for tc in message['tool_calls'] -%}
+{%- set f = tc['function'] if tc['function'] is defined and tc['function'] else tc -%}
+{%- if message['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}
+{{- '<tool_call>{"name": ' + (f['name'] | tojson) + ', "arguments": ' -}}
+{%- if f['arguments'] is string -%}{{- f['arguments'] -}}
+{%- else -%}{{- (f['arguments'] or {}) | tojson -}}{%- endif -%}
+{{- '}</tool_call>' -}}
+{%- endfor -%}
+{%- endif -%}
+"""
+
 _TEMPLATE = """
 {%- set ns = namespace(system='', first=0) -%}
 {%- if messages and messages[0]['role'] == 'system' -%}
@@ -76,17 +92,7 @@ TOOLS_SIGNATURE
 {%- if message['role'] == 'assistant' -%}
 {{- '<|im_start|>assistant\\n' -}}
 {%- generation -%}
-{{- message['content'] or '' -}}
-{%- if message['tool_calls'] -%}
-{%- for tc in message['tool_calls'] -%}
-{%- set f = tc['function'] if tc['function'] is defined and tc['function'] else tc -%}
-{%- if message['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}
-{{- '<tool_call>{"name": ' + (f['name'] | tojson) + ', "arguments": ' -}}
-{%- if f['arguments'] is string -%}{{- f['arguments'] -}}
-{%- else -%}{{- (f['arguments'] or {}) | tojson -}}{%- endif -%}
-{{- '}</tool_call>' -}}
-{%- endfor -%}
-{%- endif -%}
+ASSISTANT_TURN
 {{- '<|im_end|>' -}}
 {%- endgeneration -%}
 {{- '\\n' -}}
@@ -104,7 +110,7 @@ def build_chat_template(*, tool_descriptions: bool = False) -> str:
     """The Jinja chat template (see the module docstring). `tool_descriptions`: also render each
     tool's description after its signature (longer prompts; useful for bigger students)."""
     tools = _TOOLS_SIGNATURE.replace("DESCRIBE", "true" if tool_descriptions else "false").strip()
-    return _TEMPLATE.replace("TOOLS_SIGNATURE", tools).strip()
+    return _TEMPLATE.replace("ASSISTANT_TURN", _ASSISTANT_TURN.strip()).replace("TOOLS_SIGNATURE", tools).strip()
 
 
 # Gemma 3 has two roles (user, model) and no system turn: the system prompt and the tools open the first
@@ -125,17 +131,7 @@ _GEMMA_TEMPLATE = """
 {%- if message['role'] == 'assistant' -%}
 {{- '<start_of_turn>model\\n' -}}
 {%- generation -%}
-{{- message['content'] or '' -}}
-{%- if message['tool_calls'] -%}
-{%- for tc in message['tool_calls'] -%}
-{%- set f = tc['function'] if tc['function'] is defined and tc['function'] else tc -%}
-{%- if message['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}
-{{- '<tool_call>{"name": ' + (f['name'] | tojson) + ', "arguments": ' -}}
-{%- if f['arguments'] is string -%}{{- f['arguments'] -}}
-{%- else -%}{{- (f['arguments'] or {}) | tojson -}}{%- endif -%}
-{{- '}</tool_call>' -}}
-{%- endfor -%}
-{%- endif -%}
+ASSISTANT_TURN
 {{- '<end_of_turn>' -}}
 {%- endgeneration -%}
 {{- '\\n' -}}
@@ -169,7 +165,7 @@ def build_gemma_template(*, tool_descriptions: bool = True) -> str:
     """Gemma 3's turns with stillflow's tool calls (see above). Tool descriptions on by default: a
     pretrained model reads them."""
     tools = _TOOLS_SIGNATURE.replace("DESCRIBE", "true" if tool_descriptions else "false").strip()
-    return _GEMMA_TEMPLATE.replace("TOOLS_SIGNATURE", tools).strip()
+    return _GEMMA_TEMPLATE.replace("ASSISTANT_TURN", _ASSISTANT_TURN.strip()).replace("TOOLS_SIGNATURE", tools).strip()
 
 
 _PROBE_ARGS = {"city": "Zürich", "n": 2}
