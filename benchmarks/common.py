@@ -61,5 +61,17 @@ def emit_result(name: str, result: dict[str, Any]) -> None:
     print(json.dumps(payload), flush=True)
 
 
+def quiet_training() -> None:
+    """Benches that train: warnings and library logs off (their own progress goes to stderr)."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("transformers", "datasets", "trl", "trainer", "peft"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)

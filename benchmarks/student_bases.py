@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import emit_result, progress
+from benchmarks.common import emit_result, progress, quiet_training
 
 JOBS = {"demo": "lookup,recovery", "all": None}
 
@@ -40,14 +37,6 @@ BUDGETS = {
     "cpu": {"tasks": 240, "eval_tasks": 16, "tiny_steps": 800, "pretrained_steps": 20, "dpo_steps": 4},
     "gpu": {"tasks": 600, "eval_tasks": 60, "tiny_steps": 1600, "pretrained_steps": 300, "dpo_steps": 40},
 }
-
-
-def _quiet() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING)
-    for name in ("transformers", "datasets", "trl", "trainer", "peft"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _sections(budget: dict[str, int], device: str, eval_tasks: int) -> dict[str, Any]:
@@ -118,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="keep the registries and reports here")
     args = ap.parse_args(argv)
-    _quiet()
+    quiet_training()
 
     from stillflow.settings import StillflowSettings
     from tests.trainer_data import generate_sim_data

@@ -21,23 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import emit_result, progress
-
-
-def _quiet() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING)
-    for name in ("transformers", "datasets", "trl", "trainer"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+from benchmarks.common import emit_result, progress, quiet_training
 
 
 def _summ(report: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="keep the students and reports here")
     args = ap.parse_args(argv)
-    _quiet()
+    quiet_training()
 
     import torch
 
