@@ -18,6 +18,10 @@ class RouterMetrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("stillflow_router_requests_total", "chat completions by who served them and status",
                                 ["served_by", "status"], registry=r)
+        self.workload_requests = Counter(
+            "stillflow_router_workload_requests_total",
+            "chat completions by workload (the busiest and the served ones by name, the rest `other`) and who "
+            "served them (student, teacher, none)", ["workload", "served_by"], registry=r)
         self.decisions = Counter("stillflow_router_decisions_total", "routing decisions by reason", ["reason"],
                                  registry=r)
         self.latency = Histogram("stillflow_router_request_duration_seconds", "request latency by path", ["path"],

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from stillflow.bases import BaseError, read_ref, resolve_base
 from stillflow.chatformat import CHATML, TurnFormat, load_turn_format, turn_confidence
-from stillflow.registry import IntegrityError, ModelRegistry, RegistryError
+from stillflow.registry import IntegrityError, ModelRegistry, RegistryError, served_workloads
 from stillflow.slots import SlotCodec, load_format
 
 __all__ = ["LoadRefused", "StudentBusy", "StudentTurn", "StudentModel", "StudentRunner", "load_version"]
@@ -84,6 +84,9 @@ class StudentModel:
         self.model = model
         self.tokenizer = tokenizer
         self.threshold = threshold
+        # the workloads it was promoted for, each with its threshold (None: a version gated before workloads
+        # existed serves every workload at `threshold`)
+        self.workloads: dict[str, float] | None = None
         self.path = path
         self.manifest_sha256 = manifest_sha256
         self.device = device
@@ -237,6 +240,7 @@ def load_version(registry: ModelRegistry, version: str, *, device: str = "cpu", 
                            path=path, manifest_sha256=sha, device=device, codec=codec, fmt=fmt,
                            base=str(ref["name"]) if ref else None)
     student.shared = shared
+    student.workloads = served_workloads(manifest)
     try:  # warm up (first-call allocations), and prove it generates before it is swapped in
         student.generate([{"role": "user", "content": "hi"}], None, 1)
     except Exception as exc:

@@ -33,12 +33,15 @@ from router.wire import (
 )
 from stillflow.chatformat import OutputFormatError, ParsedTurn, parse_assistant
 from stillflow.contracts import ContractError, RouteDecision, is_valid_id, new_id
+from stillflow.workloads import WorkloadLabels, resolve_workload
 
 __all__ = ["RouterService", "Served", "HEADER_SERVED_BY"]
 
 log = logging.getLogger("stillflow.router")
 
 HEADER_SERVED_BY = "X-Stillflow-Served-By"
+# the agents' job a request belongs to; absent (or not a valid id): `workloads.default` over the agent id
+HEADER_WORKLOAD = "x-stillflow-workload"
 
 
 @dataclass
@@ -80,6 +83,8 @@ class RouterService:
         self.sink: NullSink = sink if sink is not None else (EventSink(settings, self.metrics) if s.kafka
                                                             else NullSink())
         self._background: set[asyncio.Task[None]] = set()
+        self.workload_labels = WorkloadLabels(settings.workloads.max_labels)
+        self._workload_counts: dict[str, dict[str, int]] = {}  # label -> served_by kind -> requests
 
     # ---- lifecycle ----
 
@@ -126,8 +131,37 @@ class RouterService:
             "sticky_traces": len(self.policy.sticky),
             "open_traces": len(self.book),
             "loads": list(self.follower.loads),
+            "workloads": self.workload_status(),
         })
         return detail
+
+    def workload_status(self) -> dict[str, Any]:
+        """Per workload (as labelled on the metrics): served by the live version or not, at which threshold,
+        and the requests seen and who served them."""
+        live = self.slots.live
+        served = live.workloads if live is not None else None
+        names = set(self._workload_counts) | set(served or {})
+        out: dict[str, Any] = {}
+        for name in sorted(names):
+            counts = self._workload_counts.get(name, {})
+            total = sum(counts.values())
+            entry: dict[str, Any] = {
+                "served_by_student": live is not None and (served is None or name in served),
+                "threshold": (served or {}).get(name) if served is not None else (
+                    self.threshold_for(live) if live is not None else None),
+                "requests": total, "by": dict(counts),
+                "student_share": round(counts.get("student", 0) / total, 4) if total else None,
+            }
+            out[name] = entry
+        return out
+
+    def _serves(self, model: StudentModel, workload: str) -> bool:
+        return model.workloads is None or workload in model.workloads
+
+    def _threshold(self, model: StudentModel, workload: str) -> float:
+        if self.section.threshold_override is not None or model.workloads is None:
+            return self.threshold_for(model)
+        return model.workloads[workload]
 
     def threshold_for(self, model: StudentModel) -> float:
         if self.section.threshold_override is not None:
@@ -147,21 +181,29 @@ class RouterService:
         trace_id, task_id = trace_identity(req.messages, headers)
         agent = header_text(headers.get("x-stillflow-agent-id") or "agent")
         agent_id = agent if is_valid_id(agent) else "agent"
+        named = headers.get(HEADER_WORKLOAD)
+        workload = resolve_workload(header_text(named) if named else None, agent_id, self.settings.workloads.default)
         request_id = new_id()
         plan = self.policy.plan(trace_id, live=self.slots.live is not None, candidate=self.slots.candidate is not None)
         model = self.slots.acquire(plan.canary) if plan.ask_student else None
-        decision: dict[str, Any] = {"reason": plan.reason, "shadow": plan.shadow, "canary": plan.canary}
+        decision: dict[str, Any] = {"reason": plan.reason, "shadow": plan.shadow, "canary": plan.canary,
+                                    "workload": workload}
+        if model is not None and not self._serves(model, workload):
+            # not promoted for this job: the teacher answers; not sticky (nothing was escalated)
+            self.slots.release(model)
+            model = None
+            decision.update(reason="workload_not_served", shadow=False)
         result: _StudentResult | None = None
         try:
             if model is not None:
-                threshold = self.threshold_for(model)
+                threshold = self._threshold(model, workload)
                 decision.update(student_version=model.version, threshold=threshold)
                 if plan.shadow:
                     shadow = asyncio.create_task(self._run_student(model, req))
                     served = await self._from_teacher(req, headers, decision)
                     self._track(self._finish_shadow(shadow, model, served, trace_id, request_id, decision, t0))
                     model = None  # released by the shadow task
-                    self._record(req, served, trace_id, task_id, agent_id, None, t0, request_id)
+                    self._record(req, served, trace_id, task_id, agent_id, None, t0, request_id, workload)
                     return self._headers(served, trace_id, request_id)
                 result = await self._run_student(model, req)
                 decision["confidence"] = result.confidence
@@ -173,10 +215,10 @@ class RouterService:
                 if verdict.serve_student:
                     assert result.turn is not None and result.parsed is not None
                     served = self._from_student(model, req, result, request_id)
-                    self._record(req, served, trace_id, task_id, agent_id, decision, t0, request_id)
+                    self._record(req, served, trace_id, task_id, agent_id, decision, t0, request_id, workload)
                     return self._headers(served, trace_id, request_id)
             served = await self._from_teacher(req, headers, decision)
-            self._record(req, served, trace_id, task_id, agent_id, decision, t0, request_id)
+            self._record(req, served, trace_id, task_id, agent_id, decision, t0, request_id, workload)
             return self._headers(served, trace_id, request_id)
         finally:
             if model is not None:
@@ -249,9 +291,17 @@ class RouterService:
     # ---- recording ----
 
     def _record(self, req: ChatRequest, served: Served, trace_id: str, task_id: str, agent_id: str,
-                decision: dict[str, Any] | None, t0: float, request_id: str) -> None:
+                decision: dict[str, Any] | None, t0: float, request_id: str, workload: str) -> None:
         served_by = served.headers.get(HEADER_SERVED_BY, "none")
         self.metrics.requests.labels(served_by, str(served.status)).inc()
+        live = self.slots.live
+        if live is not None and live.workloads is not None:
+            self.workload_labels.pin(list(live.workloads))
+        label = self.workload_labels.label(workload)
+        kind = "teacher" if served_by == "teacher" else ("none" if served_by == "none" else "student")
+        self.metrics.workload_requests.labels(label, kind).inc()
+        counts = self._workload_counts.setdefault(label, {})
+        counts[kind] = counts.get(kind, 0) + 1
         event: RouteDecision | None = None
         if decision is not None:
             reason = decision.get("reason") or "no_student"
@@ -276,7 +326,8 @@ class RouterService:
             return
         teacher_model = served.body.get("model") if served_by == "teacher" else None
         self.book.record(trace_id=trace_id, task_id=task_id, agent_id=agent_id, tools=req.tools, turn=turn,
-                         served_by=served_by, usage=served.body.get("usage"), teacher_model=teacher_model)
+                         served_by=served_by, usage=served.body.get("usage"), teacher_model=teacher_model,
+                         workload=workload)
         served.headers["X-Stillflow-Trace-Steps"] = str(turn.n_steps)
         if event is not None:
             self.sink.turn(trace_id=trace_id, task_id=task_id, agent_id=agent_id, first_seq=turn.first_seq,
@@ -298,7 +349,7 @@ class RouterService:
         self.sink.decision(RouteDecision(
             trace_id=trace_id, request_id=request_id, served_by=served.headers.get(HEADER_SERVED_BY, "none"),
             student_version=model.version, confidence=res.confidence, threshold=threshold, reason="shadow",
-            shadow=True, canary=bool(decision.get("canary")), would_serve=model.version if confident else "teacher",
+            shadow=True, canary=bool(decision.get("canary")), workload=decision.get("workload"), would_serve=model.version if confident else "teacher",
             agrees=agrees, error=res.error or decision.get("error"), latency_seconds=time.perf_counter() - t0))
 
     def _track(self, coro: Any) -> None:

@@ -204,6 +204,7 @@ class TraceRecord:
     cost_usd: float = 0.0
     served_by: dict[str, int] = field(default_factory=dict)
     teacher_model: str | None = None
+    workload: str | None = None
 
 
 def _tool_specs(tools: list[dict[str, Any]]) -> list[ToolSpec]:
@@ -225,11 +226,12 @@ class TraceBook:
         self._map: ExpiringLRU[TraceRecord] = ExpiringLRU(max_traces, ttl_s)
 
     def record(self, *, trace_id: str, task_id: str, agent_id: str, tools: list[dict[str, Any]], turn: TurnSteps,
-               served_by: str, usage: dict[str, Any] | None, teacher_model: str | None) -> TraceRecord:
+               served_by: str, usage: dict[str, Any] | None, teacher_model: str | None,
+               workload: str | None = None) -> TraceRecord:
         rec = self._map.get(trace_id)
         if rec is None:
             rec = TraceRecord(trace_id, task_id, agent_id, turn.input_text, turn.system_prompt, _tool_specs(tools),
-                              turn.steps[0].timestamp if turn.steps else utcnow())
+                              turn.steps[0].timestamp if turn.steps else utcnow(), workload=workload)
         rec.n_steps = max(rec.n_steps, turn.n_steps)
         for s in turn.steps:
             if s.step_type == "output":
@@ -272,5 +274,5 @@ class TraceBook:
             quality_score=report.get("quality_score"), model_id=model_id, total_tokens=rec.total_tokens,
             wall_time_seconds=max(0.0, (now - rec.started).total_seconds()),
             ground_truth=report.get("ground_truth"), expected_steps=report.get("expected_steps"),
-            cost_usd=round(rec.cost_usd, 8), metadata=metadata, timestamp=now,
+            cost_usd=round(rec.cost_usd, 8), workload=rec.workload, metadata=metadata, timestamp=now,
         )

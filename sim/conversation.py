@@ -1,6 +1,6 @@
 """How a policy's turns look on the wire (OpenAI chat messages) and back.
 
-Exports the request headers (`HEADER_TRACE_ID`, `HEADER_TASK_ID`), `count_tokens`,
+Exports the request headers (`HEADER_TRACE_ID`, `HEADER_TASK_ID`, `HEADER_WORKLOAD`), `count_tokens`,
 `message_tokens`, `action_message` (a policy `Action` as an assistant message), `split_final`
 (an assistant's final text into reasoning and answer), `exchanges_from_messages` (a conversation
 as the policy's `Exchange` history) and `TokenMeter`.
@@ -24,6 +24,7 @@ from sim.policies import Action, Exchange, ToolCall
 __all__ = [
     "HEADER_TRACE_ID",
     "HEADER_TASK_ID",
+    "HEADER_WORKLOAD",
     "FINAL_MARKER",
     "count_tokens",
     "message_tokens",
@@ -36,6 +37,7 @@ __all__ = [
 
 HEADER_TRACE_ID = "X-Stillflow-Trace-Id"
 HEADER_TASK_ID = "X-Stillflow-Task-Id"
+HEADER_WORKLOAD = "X-Stillflow-Workload"
 FINAL_MARKER = "Final answer:"
 _FINAL_RE = re.compile(r"(?:^|\n)\s*final answer\s*:\s*", re.IGNORECASE)
 

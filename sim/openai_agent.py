@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any
 
-from sim.conversation import HEADER_TASK_ID, HEADER_TRACE_ID, split_final
+from sim.conversation import HEADER_TASK_ID, HEADER_TRACE_ID, HEADER_WORKLOAD, split_final
 from sim.tasks import SYSTEM_PROMPT, Task
 from sim.tools import ERROR_PREFIX, TOOL_SPECS, ToolBox
 from sim.world import World, get_world, stable_hex
@@ -86,7 +86,9 @@ async def run_openai_episode(
         {"role": "user", "content": task.question},
     ]
     tools = [t.to_openai() for t in TOOL_SPECS]
-    headers = {HEADER_TRACE_ID: trace_id, HEADER_TASK_ID: task.task_id, **(extra_headers or {})}
+    # the sim's agents do one job per task family: the router routes (and the trainer gates) by it
+    headers = {HEADER_TRACE_ID: trace_id, HEADER_TASK_ID: task.task_id, HEADER_WORKLOAD: task.family,
+               **(extra_headers or {})}
     steps: list[TraceStep] = []
     started, t0 = utcnow(), time.perf_counter()
     tokens, cost, reported_cost = 0, 0.0, False
@@ -185,6 +187,7 @@ async def run_openai_episode(
         ground_truth=task.ground_truth,
         expected_steps=task.expected_steps,
         cost_usd=round(cost, 6),
+        workload=task.family,
         metadata=meta,
         timestamp=started,
     )

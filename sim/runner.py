@@ -205,6 +205,7 @@ class Episode:
             ground_truth=self.task.ground_truth,
             expected_steps=self.task.expected_steps,
             cost_usd=round(tokens / 1000 * self.price, 6),
+            workload=self.task.family,  # the sim's agents do one job per task family
             metadata={
                 "family": self.task.family,
                 "split": self.task.split,
@@ -611,6 +612,7 @@ class SimAgent:
                                max_turns=max_turns)
         self.metadata = {"family": task.family, "split": task.split, "error_mode": self.episode.plan.error_mode,
                          "policy": policy.name, "subtype": task.subtype}
+        self.workload = task.family  # read by TraceCollector
 
     async def step(self, pending: deque[TraceStep]) -> TraceStep:
         """The next step the agent took (the collector records each one as it returns)."""

@@ -388,6 +388,9 @@ class AgentTrace(_Model):
     ground_truth: str | None = None
     expected_steps: int | None = Field(default=None, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
+    # The agents' job this trace belongs to (absent: `stillflow.workloads.resolve_workload` names it from the
+    # agent id); the trainer evaluates, gates and the router routes per workload.
+    workload: Id | None = None
     # Free-form string labels (task family, split, the sim's injected error mode, ...).
     metadata: Metadata = Field(default_factory=dict)
     timestamp: datetime = Field(default_factory=utcnow)
@@ -426,6 +429,7 @@ class TraceStepEvent(Event):
     agent_id: Id = "agent"
     seq: int = Field(ge=0)
     step: TraceStep
+    workload: Id | None = None  # informative: the trace's workload is its outcome's
 
 
 class TraceOutcomeEvent(Event):
@@ -451,6 +455,7 @@ class TraceOutcomeEvent(Event):
     ground_truth: str | None = None
     expected_steps: int | None = Field(default=None, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
+    workload: Id | None = None
     metadata: Metadata = Field(default_factory=dict)
     steps: list[TraceStep] | None = None
 
@@ -517,6 +522,7 @@ class SFTExample(Event):
     tools: list[dict[str, Any]] = Field(default_factory=list)
     score: float = Field(ge=0, le=1)
     model_id: str = "unknown"
+    workload: Id | None = None
     window_start: datetime | None = None
     metadata: Metadata = Field(default_factory=dict)
 
@@ -534,6 +540,7 @@ class PreferencePair(Event):
     tools: list[dict[str, Any]] = Field(default_factory=list)
     chosen_score: float = Field(ge=0, le=1)
     rejected_score: float = Field(ge=0, le=1)
+    workload: Id | None = None
     window_start: datetime | None = None
     metadata: Metadata = Field(default_factory=dict)
 
@@ -554,6 +561,8 @@ class DatasetWindowClosed(Event):
     n_sft: int = Field(default=0, ge=0)
     n_pairs: int = Field(default=0, ge=0)
     offsets: list[OffsetRange] = Field(default_factory=list)
+    # SFT examples per workload in this window (the trainer's retrain counts new examples per workload)
+    sft_by_workload: dict[str, int] = Field(default_factory=dict)
 
 
 class TrainingRunEvent(Event):
@@ -578,6 +587,12 @@ class ModelVersionEvent(Event):
     confidence_threshold: float | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     reasons: list[str] = Field(default_factory=list)
+    # promoted: the workloads this version serves, each with its calibrated confidence threshold (the
+    # router serves no other workload with it). Empty on a promoted event of a version gated before
+    # workloads existed: it then serves every workload at `confidence_threshold`.
+    workloads: dict[str, float] = Field(default_factory=dict)
+    # the gate's verdict per workload: "promoted" or "rejected" (every workload evaluated)
+    workload_verdicts: dict[str, str] = Field(default_factory=dict)
 
 
 class RouteDecision(Event):
@@ -585,7 +600,8 @@ class RouteDecision(Event):
     confident, or below its threshold, or the trace was escalated before (`sticky`), or no student is
     loaded, shadow mode, the student failed (`student_error`), wrote output that is not a valid turn
     (`invalid_output`: unreadable, cut off, a tool the request does not offer) or was saturated
-    (`student_busy`). `served_by` is "none" (and `error` says why) when nobody could answer."""
+    (`student_busy`), or the live version was not promoted for the request's workload
+    (`workload_not_served`). `served_by` is "none" (and `error` says why) when nobody could answer."""
 
     trace_id: Id
     request_id: Id
@@ -595,8 +611,9 @@ class RouteDecision(Event):
     threshold: float | None = None
     reason: Literal[
         "confident", "below_threshold", "sticky", "no_student", "shadow", "canary_skip", "student_error",
-        "invalid_output", "student_busy",
+        "invalid_output", "student_busy", "workload_not_served",
     ]
+    workload: str | None = None
     shadow: bool = False
     latency_seconds: float = Field(default=0.0, ge=0)
     canary: bool = False  # the student consulted was the canary (candidate) version

@@ -49,6 +49,7 @@ from stillflow.contracts import NAME_PATTERN, ModelVersionEvent
 __all__ = [
     "MANIFEST",
     "STATUSES",
+    "served_workloads",
     "RegistryError",
     "IntegrityError",
     "VersionInfo",
@@ -118,6 +119,21 @@ class VersionInfo:
     @property
     def confidence_threshold(self) -> float | None:
         return self.manifest.get("confidence_threshold")
+
+    @property
+    def workloads(self) -> dict[str, float] | None:
+        """The workloads this version was promoted for, with their thresholds (None: gated before workloads
+        existed, it serves every workload)."""
+        return served_workloads(self.manifest)
+
+
+def served_workloads(manifest: dict[str, Any]) -> dict[str, float] | None:
+    """A manifest's `workloads` (name → calibrated confidence threshold), None when it has none (a version
+    registered before workloads: it serves every workload at its one threshold)."""
+    raw = manifest.get("workloads")
+    if not isinstance(raw, dict):
+        return None
+    return {str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float))}
 
 
 class ModelRegistry:
@@ -317,6 +333,8 @@ class ModelRegistry:
             confidence_threshold=manifest.get("confidence_threshold"),
             metrics=metrics,
             reasons=list(reasons or []),
+            workloads=served_workloads(manifest) or {},
+            workload_verdicts={str(k): str(v) for k, v in (manifest.get("workload_verdicts") or {}).items()},
         )
 
     def promote(self, version: str, *, reason: str | None = None) -> ModelVersionEvent:

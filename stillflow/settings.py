@@ -107,6 +107,13 @@ class SDKSettings(_Section):
     )
 
 
+class WorkloadSettings(_Section):
+    default: str = Field(default="{agent_id}", min_length=1,
+                         description="the workload of a trace or request that names none: a template over the "
+                                     "agent id ({agent_id})")
+    max_labels: int = Field(default=8, ge=0, description="workloads named on a metric label; the rest are `other`")
+
+
 class StillflowSettings(BaseSettings):
     """Shared settings; services subclass this and add their own section."""
 
@@ -119,4 +126,5 @@ class StillflowSettings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     sdk: SDKSettings = SDKSettings()
     quality: QualitySettings = QualitySettings()
+    workloads: WorkloadSettings = WorkloadSettings()
     log_level: str = "INFO"

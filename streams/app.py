@@ -42,6 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stillflow.contracts import AgentTrace, DeadLetter, OffsetRange, encode
 from stillflow.dlq import encode_letter, make_dead_letter
+from stillflow.workloads import WorkloadLabels
 from streams.assembly import AssemblyState
 from streams.batch_work import EXPIRE, OUTCOMES, SERVICE, STEPS, BatchOut, Record, trace_key
 from streams.batching import take_batches
@@ -198,6 +199,7 @@ class StreamsApp:
                                             use_partitioner=True))
         self.windows = _codecs(app.Table("windows", default=None, partitions=1, schema=schema()))
 
+        self._workload_labels = WorkloadLabels(settings.workloads.max_labels)
         m = self.metrics  # the children every scored trace updates, looked up once
         self._per_trace = (tuple(m.score.labels(d) for d in DIMENSIONS),
                            {True: m.traces_scored.labels("passed"), False: m.traces_scored.labels("rejected")},
@@ -435,6 +437,8 @@ class StreamsApp:
         for hist, value in zip(dims, sc.dims, strict=True):
             hist.observe(value)
         verdicts[sc.passed].inc()
+        m.workload_traces.labels(self._workload_labels.label(sc.workload),
+                                 "passed" if sc.passed else "rejected").inc()
         for gate in sc.rejected_by:
             m.gate_rejections.labels(gate).inc()
         for kind, n in sc.redactions.items():
@@ -484,7 +488,8 @@ class StreamsApp:
         m = self.metrics
         cand = item.candidate
         entry = book_observe(work.book, item.event_time, task_id=cand.task_id, size_s=s.window_size_s,
-                             passed=item.passed, sft=example is not None, max_tasks=s.max_tasks_per_window)
+                             passed=item.passed, sft=example is not None, max_tasks=s.max_tasks_per_window,
+                             workload=cand.workload)
         if entry.late:
             m.late_traces.inc()
         if entry.keep_candidate:

@@ -157,6 +157,7 @@ def to_sft_example(
         tools=tools_for(trace),
         score=min(1.0, max(0.0, value)),
         model_id=trace.model_id,
+        workload=trace.workload,
         window_start=window_start,
         metadata=meta,
     )

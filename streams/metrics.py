@@ -37,6 +37,11 @@ class StreamsMetrics:
         self.traces_scored = Counter(
             "stillflow_streams_traces_scored_total", "Traces scored, by verdict", ["verdict"], registry=r
         )
+        self.workload_traces = Counter(
+            "stillflow_streams_workload_traces_total",
+            "Traces scored, by workload (the busiest by name, the rest `other`) and verdict", ["workload", "verdict"],
+            registry=r,
+        )
         self.gate_rejections = Counter(
             "stillflow_streams_gate_rejections_total", "Gate failures (a trace may fail several)", ["gate"],
             registry=r,

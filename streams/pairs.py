@@ -57,6 +57,7 @@ class PairCandidate(TableModel):
     trace_id: str
     task_id: str
     model_id: str = "unknown"
+    workload: str | None = None
     overall: float = Field(ge=0, le=1)
     passed: bool = False
     failed: bool = False
@@ -84,6 +85,7 @@ def candidate_from(
         trace_id=trace.trace_id,
         task_id=trace.task_id,
         model_id=trace.model_id,
+        workload=trace.workload,
         overall=assessment.score.overall,
         passed=verdict.passed,
         failed=is_failed(trace, assessment.correct),
@@ -200,6 +202,7 @@ def build_pair(
         tools=chosen.tools or rejected.tools,
         chosen_score=chosen.overall,
         rejected_score=rejected.overall,
+        workload=chosen.workload or rejected.workload,
         window_start=window_start,
         metadata={"rule": rule, "chosen_model": chosen.model_id, "rejected_model": rejected.model_id},
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from stillflow.contracts import AgentTrace, ScoredTrace, SFTExample
+from stillflow.workloads import DEFAULT_TEMPLATE, resolve_workload
 from stillflow.quality import (
     Assessment,
     QualitySettings,
@@ -51,7 +52,9 @@ class TracePipeline:
         redactor: Redactor | None = None,
         redact: bool = True,
         redact_scored: bool = True,
+        workload_default: str = DEFAULT_TEMPLATE,
     ) -> None:
+        self.workload_default = workload_default
         self.scorer = scorer or Scorer()
         self.gates = gates or TraceFilter()
         self.redactor = redactor or default_redactor
@@ -64,17 +67,20 @@ class TracePipeline:
         trainer scores student traces with), redaction from `settings.streams.redact_pii`. `reasoning`:
         the reasoning scorer (e.g. an `LLMJudge`; default the heuristic)."""
         return cls.from_quality(settings.quality, redact=settings.streams.redact_pii,
-                                redact_scored=settings.streams.redact_scored, reasoning=reasoning)
+                                redact_scored=settings.streams.redact_scored, reasoning=reasoning,
+                                workload_default=settings.workloads.default)
 
     @classmethod
     def from_quality(cls, quality: QualitySettings, *, redact: bool = True, redact_scored: bool = True,
-                     reasoning: ReasoningScorer | None = None) -> TracePipeline:
+                     reasoning: ReasoningScorer | None = None,
+                     workload_default: str = DEFAULT_TEMPLATE) -> TracePipeline:
         """The same from the quality section and the redaction flags alone (what a scoring process is given)."""
         return cls(
             scorer=Scorer.from_settings(quality, reasoning=reasoning),
             gates=TraceFilter.from_settings(quality),
             redact=redact,
             redact_scored=redact_scored,
+            workload_default=workload_default,
         )
 
     def process(
@@ -86,6 +92,9 @@ class TracePipeline:
         window_start: datetime | None = None,
         keep_candidate_messages: bool = True,
     ) -> Processed:
+        if trace.workload is None:  # what leaves the stream always names its workload
+            trace = trace.model_copy(update={"workload": resolve_workload(None, trace.agent_id,
+                                                                          self.workload_default)})
         assessment = self.scorer.assess(trace, reference_steps=reference_steps, reasoning_quality=reasoning_quality)
         verdict = self.gates.check(trace, assessment)
         # Scored and gated on the trace as sent; what leaves the stream is redacted. With the scored trace

@@ -110,6 +110,7 @@ class Scored:
 
     trace_id: str
     task_id: str
+    workload: str  # resolved (the trace's, else the default of the settings)
     timestamp: float  # the trace's event time, epoch seconds
     passed: bool
     rejected_by: tuple[str, ...]
@@ -137,7 +138,8 @@ def score_trace(pipeline: TracePipeline, trace: AgentTrace, *, reference_steps: 
                          window_start=wstart)
     score = p.scored.score
     base = {
-        "trace_id": trace.trace_id, "task_id": trace.task_id, "timestamp": trace.timestamp.timestamp(),
+        "trace_id": trace.trace_id, "task_id": trace.task_id, "workload": p.scored.trace.workload or "default",
+        "timestamp": trace.timestamp.timestamp(),
         "passed": p.verdict.passed, "rejected_by": tuple(p.verdict.rejected_by),
         "dims": tuple(float(getattr(score, d)) for d in DIMENSIONS), "redactions": dict(p.redactions),
         "reference": next_reference(reference_steps, trace, correct=p.assessment.correct),
@@ -175,17 +177,19 @@ class ScoringConfig:
     redact_scored: bool
     window_size_s: float
     limits: tuple[int, int, int]  # the contract limits (encode refuses larger records)
+    workload_default: str = "{agent_id}"
 
     @classmethod
     def from_settings(cls, settings: StreamsSettings) -> ScoringConfig:
         lim = get_limits()
         return cls(quality=settings.quality.model_dump(), redact_pii=settings.streams.redact_pii,
                    redact_scored=settings.streams.redact_scored, window_size_s=settings.streams.window_size_s,
-                   limits=(lim.max_step_content_chars, lim.max_event_bytes, lim.max_id_chars))
+                   limits=(lim.max_step_content_chars, lim.max_event_bytes, lim.max_id_chars),
+                   workload_default=settings.workloads.default)
 
     def pipeline(self) -> TracePipeline:
         return TracePipeline.from_quality(QualitySettings.model_validate(self.quality), redact=self.redact_pii,
-                                          redact_scored=self.redact_scored)
+                                          redact_scored=self.redact_scored, workload_default=self.workload_default)
 
 
 @dataclass(frozen=True)

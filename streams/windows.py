@@ -118,6 +118,7 @@ class WindowState(TableModel):
     n_pairs: int = 0
     offsets: dict[str, OffsetRange] = Field(default_factory=dict)  # "topic:partition" -> range
     closed: bool = False
+    sft_by_workload: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -161,10 +162,11 @@ def observe(
     size_s: float,
     passed: bool = False,
     sft: bool = False,
+    workload: str | None = None,
 ) -> ObserveResult:
     """Count one scored trace in its window (created when `state` is None).
 
-    `passed`: it passed every gate; `sft`: an SFT example was written for it.
+    `passed`: it passed every gate; `sft`: an SFT example was written for it (counted under `workload` too).
     A late event leaves `state` unchanged and comes back with `late=True`.
     """
     start = window_start_for(event_time, size_s)
@@ -176,11 +178,14 @@ def observe(
         return ObserveResult(state=state, window_start=start, late=True)
     if state is None:
         state = WindowState(start=start, end=window_end_for(start, size_s))
-    new = state.model_copy(update={
+    update: dict[str, Any] = {
         "n_traces": state.n_traces + 1,
         "n_passed": state.n_passed + int(passed),
         "n_sft": state.n_sft + int(sft),
-    })
+    }
+    if sft and workload is not None:
+        update["sft_by_workload"] = {**state.sft_by_workload, workload: state.sft_by_workload.get(workload, 0) + 1}
+    new = state.model_copy(update=update)
     return ObserveResult(state=new, window_start=start)
 
 
@@ -236,6 +241,7 @@ def to_closed_event(state: WindowState, *, n_pairs: int | None = None) -> Datase
         n_sft=state.n_sft,
         n_pairs=state.n_pairs if n_pairs is None else n_pairs,
         offsets=sorted(state.offsets.values(), key=lambda o: (o.topic, o.partition)),
+        sft_by_workload=dict(state.sft_by_workload),
     )
 
 
@@ -272,6 +278,7 @@ def book_observe(
     passed: bool,
     sft: bool,
     max_tasks: int,
+    workload: str | None = None,
 ) -> BookEntry:
     """Count one scored trace. A late one goes to the window that holds the watermark (the next to
     close, never a closed one), so that nothing counted is lost."""
@@ -283,7 +290,8 @@ def book_observe(
         mark = count_late(mark)
     start = window_start_for(event_time, size_s)
     wkey = window_key(start)
-    res = observe(book.windows.get(wkey), event_time, mark=mark, size_s=size_s, passed=passed, sft=sft)
+    res = observe(book.windows.get(wkey), event_time, mark=mark, size_s=size_s, passed=passed, sft=sft,
+                  workload=workload)
     assert res.state is not None and not res.late
     windows = dict(book.windows)
     windows[wkey] = res.state

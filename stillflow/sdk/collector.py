@@ -73,8 +73,10 @@ class TraceCollector:
     ...     trace = await TraceCollector(em).collect(agent, task)
     """
 
-    def __init__(self, emitter: TraceEmitter, *, tools: list[ToolSpec] | None = None, system_prompt: str = "") -> None:
+    def __init__(self, emitter: TraceEmitter, *, tools: list[ToolSpec] | None = None, system_prompt: str = "",
+                 workload: str | None = None) -> None:
         self.emitter = emitter
+        self.workload = workload  # the job of the agents this collector records (else the emitter's)
         self.tools = tools or []
         self.system_prompt = system_prompt
 
@@ -89,6 +91,7 @@ class TraceCollector:
         ground_truth: str | None = None,
         expected_steps: int | None = None,
         metadata: dict[str, str] | None = None,
+        workload: str | None = None,
         reraise: bool = True,
     ) -> AgentTrace:
         """Run `agent.run(task)` with its steps recorded; return the trace (also when it failed, if
@@ -99,6 +102,7 @@ class TraceCollector:
         ground_truth = ground_truth if ground_truth is not None else _get(task, "ground_truth")
         expected_steps = expected_steps if expected_steps is not None else _get(task, "expected_steps")
         agent_id = str(_get(agent, "agent_id", default=self.emitter.agent_id))
+        workload = workload or _get(agent, "workload") or self.workload or self.emitter.workload
         steps: list[TraceStep] = []
         tokens = 0
         original = agent.step
@@ -112,7 +116,8 @@ class TraceCollector:
             tokens += int(_get(result, "tokens", default=0) or 0)
             seq = len(steps)
             steps.append(step)
-            await self.emitter.emit_step(trace_id=trace_id, task_id=task_id, seq=seq, step=step, agent_id=agent_id)
+            await self.emitter.emit_step(trace_id=trace_id, task_id=task_id, seq=seq, step=step, agent_id=agent_id,
+                                         workload=workload)
             return result
 
         agent.step = recorded_step
@@ -148,6 +153,7 @@ class TraceCollector:
             wall_time_seconds=time.perf_counter() - t0,
             ground_truth=None if ground_truth is None else str(ground_truth),
             expected_steps=expected_steps,
+            workload=workload,
             metadata=metadata or {},
             timestamp=started,
         )

@@ -82,6 +82,7 @@ class TraceEmitter:
         *,
         bootstrap_servers: str | None = None,
         agent_id: str = "agent",
+        workload: str | None = None,
         producer: AIOKafkaProducer | None = None,
     ) -> None:
         settings = settings or StillflowSettings()
@@ -89,6 +90,9 @@ class TraceEmitter:
             settings = with_bootstrap(settings, bootstrap_servers)
         self.settings = settings
         self.agent_id = agent_id
+        # the agents' job: set on every trace and outcome that names none (None: the streams derive it
+        # from the agent id, setting `workloads.default`)
+        self.workload = workload
         self._producer = producer
         self._own_producer = producer is None
         sdk = settings.sdk
@@ -158,17 +162,20 @@ class TraceEmitter:
         seq: int,
         step: TraceStep | dict[str, Any],
         agent_id: str | None = None,
+        workload: str | None = None,
     ) -> TraceStepEvent:
         """Publish one step (validated here: a bad field raises pydantic's ValidationError naming it)."""
         step = step if isinstance(step, TraceStep) else TraceStep.model_validate(step)
         event = TraceStepEvent(
             trace_id=trace_id, task_id=task_id, agent_id=agent_id or self.agent_id, seq=seq, step=step,
-            timestamp=step.timestamp,
+            workload=workload or self.workload, timestamp=step.timestamp,
         )
         await self.emit(self.settings.topics.trace_steps, trace_id, event)
         return event
 
     async def emit_outcome(self, outcome: TraceOutcomeEvent) -> TraceOutcomeEvent:
+        if outcome.workload is None and self.workload is not None:
+            outcome = outcome.model_copy(update={"workload": self.workload})
         await self.emit(self.settings.topics.trace_outcomes, outcome.trace_id, outcome)
         return outcome
 
