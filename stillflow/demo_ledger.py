@@ -1,7 +1,8 @@
 """What `stillflow demo` saw on the topics, and the phases it reads from it (pure: no Kafka, no clock).
 
 Exports `Ledger` (events in, deduplicated compact records out), `CostModel`, `Phase`, `segment_phases`,
-`PhaseStats`, `phase_stats`, `timeline` and `parse_served_by`.
+`PhaseStats`, `phase_stats`, `timeline` and `parse_served_by` (`CostModel` and `parse_served_by` live in
+`stillflow.costs`, which `stillflow advise` shares, and are re-exported here).
 
 Sources, one topic each:
 - `RouteDecision` (`stillflow.router.decisions`): who served each request (a student version, `teacher`
@@ -34,6 +35,8 @@ from stillflow.contracts import (
     TraceOutcomeEvent,
     TrainingRunEvent,
 )
+from stillflow.costs import NOBODY, TEACHER, CostModel, parse_served_by
+from stillflow.costs import student_turns as _student_turns  # noqa: F401 (the name it had here)
 
 __all__ = [
     "TEACHER",
@@ -52,27 +55,6 @@ __all__ = [
     "timeline",
     "parse_served_by",
 ]
-
-TEACHER = "teacher"
-NOBODY = "none"  # the request failed: nobody served it
-
-
-def parse_served_by(value: str | None) -> dict[str, int]:
-    """The router's `served_by` outcome label (`"teacher:3,v0001:2"`) as turns per server."""
-    out: dict[str, int] = {}
-    for part in (value or "").split(","):
-        name, sep, count = part.strip().rpartition(":")
-        if sep and name:
-            try:
-                out[name] = out.get(name, 0) + int(count)
-            except ValueError:
-                continue
-    return out
-
-
-def _student_turns(served: dict[str, int]) -> int:
-    return sum(n for k, n in served.items() if k not in (TEACHER, NOBODY))
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -202,57 +184,6 @@ class Ledger:
 
     def runs_in_progress(self) -> list[RunChange]:
         return [r for r in self.run_states().values() if r.status in ("requested", "started")]
-
-
-# --------------------------------------------------------------------------- cost
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Cost of an episode = teacher tokens × the teacher's price + student tokens × the student's price
-    (USD per 1k tokens, prompt and completion alike, as the sim teacher bills them).
-
-    The router's outcome of an episode carries the tokens of both models together, the turns each
-    served (`served_by`) and the cost the teacher reported in its `usage`. An episode served by one
-    model alone is all that model's tokens; a mixed one (the student answered, then escalated) has
-    teacher tokens = reported teacher cost / teacher price (the demo sets the sim teacher's price, so
-    this is exact), and falls back to splitting by turns when the teacher reported no cost. Not
-    counted: student generations that were escalated (their tokens are not in any response's usage).
-    """
-
-    teacher_price_per_1k: float = 0.01
-    student_price_per_1k: float = 0.0005
-
-    def __post_init__(self) -> None:
-        if self.teacher_price_per_1k < 0 or self.student_price_per_1k < 0:
-            raise ValueError("prices per 1k tokens cannot be negative")
-
-    def split_tokens(self, o: Outcome) -> tuple[int, int]:
-        """(teacher tokens, student tokens) of one episode."""
-        teacher_turns = o.served_by.get(TEACHER, 0)
-        student_turns = _student_turns(o.served_by)
-        if student_turns == 0:
-            return o.total_tokens, 0
-        if teacher_turns == 0:
-            return 0, o.total_tokens
-        if o.cost_usd > 0 and self.teacher_price_per_1k > 0:
-            t = min(o.total_tokens, round(o.cost_usd * 1000 / self.teacher_price_per_1k))
-        else:
-            t = round(o.total_tokens * teacher_turns / (teacher_turns + student_turns))
-        return t, o.total_tokens - t
-
-    def describe(self) -> str:
-        return (
-            f"Cost of an episode = teacher tokens / 1000 x ${self.teacher_price_per_1k:g} + student tokens "
-            f"/ 1000 x ${self.student_price_per_1k:g}; cost per task = a phase's cost / its episodes. "
-            "Tokens are prompt and completion tokens as each model's `usage` reports them. An episode served by "
-            "one model alone is all that model's tokens; in a mixed one the teacher's tokens are its reported "
-            "cost / its price (the demo sets the sim teacher's price), or a split by turns when it reported no "
-            "cost. Not counted: student generations that were escalated (they are in no response's usage)."
-        )
-
-    def cost(self, teacher_tokens: float, student_tokens: float) -> float:
-        return teacher_tokens / 1000 * self.teacher_price_per_1k + student_tokens / 1000 * self.student_price_per_1k
 
 
 # --------------------------------------------------------------------------- phases
