@@ -52,6 +52,10 @@ __all__ = [
 ]
 
 
+# the workload of records that name none (data exported before workloads, or from agents that never said)
+DEFAULT_WORKLOAD = "default"
+
+
 class DataError(ValueError):
     """Training data that cannot be used (missing file, unreadable row, nothing to train on)."""
 
@@ -76,10 +80,16 @@ class SFTRecord:
     family: str | None = None
     score: float | None = None
     model_id: str | None = None
+    workload: str | None = None
 
     @property
     def task(self) -> str:
         return task_key(self)
+
+    @property
+    def job(self) -> str:
+        """Its workload (`DEFAULT_WORKLOAD` when the data does not say)."""
+        return self.workload or DEFAULT_WORKLOAD
 
     @property
     def question(self) -> str:
@@ -95,6 +105,7 @@ class PairRecord:
     rejected: list[dict[str, Any]]
     tools: list[dict[str, Any]] = field(default_factory=list)
     family: str | None = None
+    workload: str | None = None
 
     @property
     def task(self) -> str:
@@ -201,14 +212,14 @@ def split_data(
 def _sft_from_event(ex: SFTExample) -> SFTRecord:
     return SFTRecord(
         id=ex.example_id, task_id=ex.task_id, messages=ex.messages, tools=ex.tools,
-        family=ex.metadata.get("family"), score=ex.score, model_id=ex.model_id,
+        family=ex.metadata.get("family"), score=ex.score, model_id=ex.model_id, workload=ex.workload,
     )
 
 
 def _pair_from_event(p: PreferencePair) -> PairRecord:
     return PairRecord(
         id=p.pair_id, task_id=p.task_id, prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, tools=p.tools,
-        family=p.metadata.get("family"),
+        family=p.metadata.get("family"), workload=p.workload,
     )
 
 
@@ -237,7 +248,8 @@ def _sft_from_row(row: dict[str, Any], line: int) -> SFTRecord:
     meta = row.get("metadata") or {}
     rid = row.get("id") or "row-" + sha256_json({"messages": messages, "tools": row.get("tools")})[:32]
     return SFTRecord(id=str(rid), task_id=row.get("task_id"), messages=messages, tools=_tools(row.get("tools")),
-                     family=row.get("family") or meta.get("family"), score=row.get("score"))
+                     family=row.get("family") or meta.get("family"), score=row.get("score"),
+                     workload=row.get("workload") or meta.get("workload"))
 
 
 def _pair_from_row(row: dict[str, Any], line: int) -> PairRecord:
@@ -252,7 +264,8 @@ def _pair_from_row(row: dict[str, Any], line: int) -> PairRecord:
         raise ValueError("a pair needs non-empty 'prompt', 'chosen' and 'rejected' message lists")
     rid = row.get("id") or "pair-" + sha256_json({"p": prompt, "c": chosen, "r": rejected})[:32]
     return PairRecord(id=str(rid), task_id=row.get("task_id"), prompt=prompt, chosen=chosen, rejected=rejected,
-                      tools=_tools(tools), family=row.get("family") or (row.get("metadata") or {}).get("family"))
+                      tools=_tools(tools), family=row.get("family") or (row.get("metadata") or {}).get("family"),
+                      workload=row.get("workload") or (row.get("metadata") or {}).get("workload"))
 
 
 def _read_rows(path: Path, parse: Any, first_bad: list[str] | None = None) -> tuple[list[Any], int]:
@@ -481,6 +494,8 @@ def data_manifest(data: TrainingData, split: DataSplit, *, extra: dict[str, Any]
         },
         "counts": {k: len(v) for k, v in parts.items()},
         "families": {"train_sft": fam_counts(split.train_sft), "heldout_sft": fam_counts(split.heldout_sft)},
+        "workloads": {part: dict(sorted(Counter(r.job for r in split_part).items()))
+                      for part, split_part in (("train_sft", split.train_sft), ("heldout_sft", split.heldout_sft))},
         "sha256": {k: _digest(v) for k, v in parts.items()},
         "ids": {k: sorted(r.id for r in v) for k, v in parts.items()},
     }

@@ -52,6 +52,8 @@ from stillflow.chatformat import (
 )
 from stillflow.contracts import TOOL_NAME_PATTERN, AgentTrace, TraceStep, is_valid_id
 from stillflow.slots import SlotCodec
+from stillflow.workloads import wilson_interval
+from trainer.data import DEFAULT_WORKLOAD
 from trainer.environment import EvalEnvironment, EvalTask, task_opening, task_tools
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ __all__ = [
     "calibrate_threshold",
     "episode_rows",
     "routed_summary",
+    "workload_report",
     "offline_replay",
     "EvalReport",
     "DistillationEvaluator",
@@ -211,6 +214,7 @@ def run_student_episode(
     trace_id: str | None = None,
     max_turns: int = 8,
     max_new_tokens: int = 160,
+    workload: str | None = None,
 ) -> Episode:
     """Run the student on one task in the environment; every failure is recorded, never raised."""
     from stillflow.contracts import utcnow
@@ -295,6 +299,7 @@ def run_student_episode(
         wall_time_seconds=wall,
         ground_truth=task.ground_truth,
         expected_steps=task.expected_steps,
+        workload=workload,
         metadata={"family": task.family or "unknown", "split": "heldout", "policy": "student"},
         timestamp=started,
     )
@@ -441,6 +446,48 @@ def routed_summary(rows: Sequence[dict[str, Any]], threshold: float | None) -> d
         mixed = [r["student_quality"] if to_student(r) else r["teacher_quality"] for r in rows]
         t_all = statistics.fmean(r["teacher_quality"] for r in rows)
         out["system_quality_ratio"] = round(statistics.fmean(mixed) / t_all, 4) if t_all else None
+    return out
+
+
+def _rate(eps: Sequence[ScoredEpisode], hit: Callable[[ScoredEpisode], bool]) -> dict[str, Any]:
+    k, n = sum(1 for e in eps if hit(e)), len(eps)
+    ci = wilson_interval(k, n)
+    return {"count": k, "of": n, "rate": round(k / n, 4) if n else None,
+            "ci95": [round(ci[0], 4), round(ci[1], 4)] if ci else None}
+
+
+def workload_report(students: Sequence[ScoredEpisode], teachers: Sequence[ScoredEpisode], gate: GateSection, *,
+                    worst: int = 3) -> dict[str, Any]:
+    """One workload's figures on its own held-out tasks (`teachers` paired with `students`, or empty): the
+    report's keys that the gate reads (quality ratio, failure rate, student/teacher summaries, the routed
+    figures at this workload's own calibrated threshold, the worst failures), plus task success and failure
+    rate with 95% Wilson intervals."""
+    sq = _mean([e.overall for e in students])
+    tq = _mean([e.overall for e in teachers]) if teachers else None
+    student = _summary(students, source="environment")
+    out: dict[str, Any] = {
+        "basis": "online",
+        "student": student,
+        "teacher": _summary(teachers, source="environment") if teachers else {},
+        "quality_ratio": round(sq / tq, 4) if sq is not None and tq else None,
+        "failure_rate": student.get("failure_rate"),
+        "student_success": _rate(students, lambda e: e.correct and not e.trace.error),
+        "student_failures": _rate(students, lambda e: e.failed),
+        "teacher_success": _rate(teachers, lambda e: e.correct and not e.trace.error) if teachers else None,
+    }
+    t_fail = out["teacher"].get("failure_rate") if teachers else None
+    t_acc = 1.0 - t_fail if isinstance(t_fail, (int, float)) else 1.0
+    cal = calibrate_threshold(
+        [(e.confidence or 0.0, e.overall, not e.failed) for e in students],
+        target_quality=float(tq) if tq else 1.0,
+        target_accuracy=max(t_acc, 1.0 - gate.failure_rate_max + 1e-6),
+        min_coverage=gate.confidence_min_coverage,
+    )
+    out["confidence"] = asdict(cal)
+    rows = episode_rows(students, teachers)
+    out["routed"] = routed_summary(rows, cal.threshold if cal.qualified else None)
+    failed = sorted((e for e in students if e.failed), key=lambda e: (e.overall, e.trace.task_id))
+    out["worst_failures"] = [_failure_entry(e) for e in failed[:worst]]
     return out
 
 
@@ -624,6 +671,9 @@ class EvalReport:
     offline: dict[str, Any] | None = None
     confidence: dict[str, Any] = field(default_factory=dict)
     routed: dict[str, Any] = field(default_factory=dict)  # the student behind the router: `routed_summary`
+    # per workload: the same figures on that workload's own held-out tasks (`workload_report`), what the
+    # gate decides on, workload by workload
+    workloads: dict[str, Any] = field(default_factory=dict)
     episodes: list[dict[str, Any]] = field(default_factory=list)  # per task: `episode_rows`
     tasks: dict[str, Any] = field(default_factory=dict)
     basis: str = "online"
@@ -704,6 +754,7 @@ class DistillationEvaluator:
         self.progress = progress or (lambda msg: log.info("%s", msg))
         self.env = env
         self.env_error: str | None = None
+        self.task_workloads: dict[str, str] = {}  # task id -> workload, by `pick_tasks`
         if self.env is None and section.environment and section.mode != "offline":
             from trainer.environment import load_environment
 
@@ -716,36 +767,53 @@ class DistillationEvaluator:
     # ---- task selection ----
 
     def pick_tasks(self, split: DataSplit | None) -> tuple[list[Any], dict[str, Any]]:
-        """Held-out tasks of the data the environment knows, topped up with fresh held-out tasks."""
+        """`eval.tasks` held-out tasks per workload of the data: its held-out tasks the environment knows, topped
+        up with fresh tasks of the environment's families that workload's records come from (the sim: its task
+        family is its workload). Without a split: `eval.tasks` tasks of any family, each its family's workload.
+        The workload of each task is kept in `self.task_workloads`."""
         assert self.env is not None
         n = self.section.tasks
+        env_families = set(self.env.families())
+        self.task_workloads = {}
+        if split is None:
+            tasks = self.env.sample_tasks(n, seed=self.section.seed, families=None, exclude=set())
+            for t in tasks:
+                self.task_workloads[t.task_id] = t.family or DEFAULT_WORKLOAD
+            return tasks, {"from_heldout_data": 0, "sampled_from_environment": len(tasks), "per_workload": n}
+        records = [*split.train_sft, *split.heldout_sft]
+        workloads = sorted({r.job for r in records})
+        exclude: set[str] = set(split.train_tasks | split.train_questions)
         chosen: list[Any] = []
         seen: set[str] = set()
-        from_data = 0
-        if split is not None:
+        from_data = sampled = 0
+        per: dict[str, int] = {}
+        for w in workloads:
+            mine: list[Any] = []
             for rec in split.heldout_sft:
-                if len(chosen) >= n:
+                if len(mine) >= n:
                     break
-                if not rec.task_id or rec.task_id in seen:
+                if rec.job != w or not rec.task_id or rec.task_id in seen:
                     continue
                 task = self.env.get_task(rec.task_id)
                 if task is not None:
                     seen.add(rec.task_id)
-                    chosen.append(task)
+                    mine.append(task)
                     from_data += 1
-        sampled = 0
-        if len(chosen) < n:
-            exclude: set[str] = set(seen)
-            families: list[str] | None = None
-            if split is not None:
-                exclude |= split.train_tasks | split.train_questions
-                trained = {r.family for r in split.train_sft if r.family}
-                fams = set(split.holdout_families) | trained
-                families = sorted(f for f in fams if f in set(self.env.families())) or None
-            extra = self.env.sample_tasks(n - len(chosen), seed=self.section.seed, families=families, exclude=exclude)
-            chosen.extend(extra)
-            sampled = len(extra)
-        return chosen, {"from_heldout_data": from_data, "sampled_from_environment": sampled}
+            if len(mine) < n:
+                fams = ({w} & env_families) or ({r.family for r in records if r.job == w and r.family} & env_families)
+                if not fams and split.holdout_families:
+                    fams = set(split.holdout_families) & env_families
+                if fams:
+                    extra = self.env.sample_tasks(n - len(mine), seed=self.section.seed, families=sorted(fams),
+                                                  exclude=exclude | seen)
+                    seen.update(t.task_id for t in extra)
+                    mine.extend(extra)
+                    sampled += len(extra)
+            for t in mine:
+                self.task_workloads[t.task_id] = w
+            per[w] = len(mine)
+            chosen.extend(mine)
+        return chosen, {"from_heldout_data": from_data, "sampled_from_environment": sampled, "per_workload": per}
 
     # ---- the evaluation ----
 
@@ -789,15 +857,17 @@ class DistillationEvaluator:
         from trainer.environment import teacher_trace
 
         for i, task in enumerate(tasks):
+            workload = self.task_workloads.get(task.task_id) or task.family or DEFAULT_WORKLOAD
             ep = run_student_episode(runtime, self.env, task, model_id=model_id, trace_id=f"eval-{task.task_id}",
-                                     max_turns=self.section.max_turns, max_new_tokens=self.section.max_new_tokens)
+                                     max_turns=self.section.max_turns, max_new_tokens=self.section.max_new_tokens,
+                                     workload=workload)
             s = score_episode(self.scorer, self.gates, ep.trace)
             s.confidence = ep.confidence
             s.transcript = ep.transcript
             students.append(s)
             tt = teacher_trace(self.env, task, seed=self.section.seed)
             if tt is not None:
-                teachers.append(score_episode(self.scorer, self.gates, tt))
+                teachers.append(score_episode(self.scorer, self.gates, tt.model_copy(update={"workload": workload})))
             if (i + 1) % 10 == 0 or i + 1 == len(tasks):
                 done = students
                 self.progress(f"  evaluated {i + 1}/{len(tasks)}: student quality "
@@ -840,6 +910,15 @@ class DistillationEvaluator:
         report.confidence = asdict(cal)
         report.episodes = episode_rows(students, teachers if len(teachers) == len(students) else [])
         report.routed = routed_summary(report.episodes, cal.threshold if cal.qualified else None)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, e in enumerate(students):
+            groups[e.trace.workload or DEFAULT_WORKLOAD].append(i)
+        paired = len(teachers) == len(students)
+        report.workloads = {
+            w: workload_report([students[i] for i in idx], [teachers[i] for i in idx] if paired else [],
+                               self.gate, worst=min(3, self.section.worst))
+            for w, idx in sorted(groups.items())
+        }
 
     @staticmethod
     def _ratio_of(students: list[ScoredEpisode], teachers: list[ScoredEpisode], idx: list[int]) -> dict[str, Any]:

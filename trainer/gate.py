@@ -11,6 +11,12 @@ Promoted when all hold (thresholds are settings):
 - at least `min_eval_tasks` tasks were evaluated.
 Otherwise rejected, with a reason per failed check and the worst failing examples named.
 
+Per workload (`decide_workloads`): the same checks on each workload's own held-out tasks (the report's
+`workloads` section), at that workload's own calibrated threshold. The version is promoted for the
+workloads that pass (the router serves only those with it) and rejected when none passes. A workload
+the previous live version served that the new one fails is named in the verdict (a regression: with the
+new version live, that workload goes back to the teacher).
+
 `scope="routed"` judges the student as it will serve: behind the router, which sends it only the turns
 at or above the version's calibrated confidence threshold and the rest to the teacher. The two figures
 are then taken over the held-out tasks at or above the threshold (the report's `routed` section), and
@@ -25,7 +31,7 @@ from typing import Any, Literal
 
 from trainer.settings import GateSection
 
-__all__ = ["GateDecision", "decide"]
+__all__ = ["GateDecision", "decide", "decide_workloads"]
 
 
 @dataclass(frozen=True)
@@ -33,13 +39,26 @@ class GateDecision:
     status: Literal["promoted", "rejected"]
     reasons: list[str] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
+    # per workload (`decide_workloads`): each one's decision; `thresholds`: the promoted ones' thresholds
+    workloads: dict[str, GateDecision] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    regressions: list[str] = field(default_factory=list)
 
     @property
     def promoted(self) -> bool:
         return self.status == "promoted"
 
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return {w: d.status for w, d in self.workloads.items()}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "reasons": list(self.reasons), "checks": dict(self.checks)}
+        out: dict[str, Any] = {"status": self.status, "reasons": list(self.reasons), "checks": dict(self.checks)}
+        if self.workloads:
+            out["workloads"] = {w: d.to_dict() for w, d in self.workloads.items()}
+            out["promoted_workloads"] = dict(self.thresholds)
+            out["regressions"] = list(self.regressions)
+        return out
 
 
 def _get(report: Any, key: str) -> Any:
@@ -107,3 +126,33 @@ def decide(report: Any, gate: GateSection) -> GateDecision:
             reasons.append(f"worst failures: {named}")
         return GateDecision("rejected", reasons, checks)
     return GateDecision("promoted", [], checks)
+
+
+def decide_workloads(report: Any, gate: GateSection, *, previous: dict[str, float] | None = None,
+                     previous_version: str | None = None, previous_serves_all: bool = False) -> GateDecision:
+    """The gate per workload (see the module docstring). `previous`: the workloads the live version serves
+    (`previous_serves_all`: a version gated before workloads, which serves them all). A report without a
+    `workloads` section is decided as a whole (`decide`)."""
+    per = _get(report, "workloads") or {}
+    if not per:
+        return decide(report, gate)
+    decisions = {w: decide(sub, gate) for w, sub in sorted(per.items())}
+    thresholds: dict[str, float] = {}
+    for w, d in decisions.items():
+        if d.promoted:
+            thr = (per[w].get("confidence") or {}).get("threshold")
+            thresholds[w] = float(thr) if thr is not None else 1.0
+    served_before = set(per) if previous_serves_all else set(previous or {})
+    regressions = sorted(w for w in served_before if w in decisions and not decisions[w].promoted)
+    reasons: list[str] = []
+    for w in regressions:
+        reasons.append(f"regression: {w} was served by {previous_version or 'the live version'} and fails now "
+                       f"(it goes back to the teacher): {'; '.join(decisions[w].reasons[:2])}")
+    for w, d in decisions.items():
+        if not d.promoted and w not in regressions:
+            reasons.append(f"{w}: " + "; ".join(d.reasons[:2]))
+    status = "promoted" if thresholds else "rejected"
+    if status == "rejected":
+        reasons.insert(0, f"no workload passed the gate ({len(decisions)} evaluated)")
+    checks = {"scope": gate.scope, "workloads": {w: d.checks for w, d in decisions.items()}}
+    return GateDecision(status, reasons, checks, decisions, thresholds, regressions)  # type: ignore[arg-type]

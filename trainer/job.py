@@ -24,7 +24,7 @@ from stillflow.registry import ModelRegistry, VersionInfo
 from stillflow.slots import save_format
 from trainer.data import DataError, DataSplit, TrainingData, data_manifest, dpo_rows, sft_rows, split_data
 from trainer.environment import EvalEnvironment
-from trainer.gate import GateDecision, decide
+from trainer.gate import GateDecision, decide_workloads
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSection, TrainerSettings
 
@@ -58,6 +58,8 @@ class JobResult:
             "quality_ratio": self.report.get("quality_ratio"),
             "failure_rate": self.report.get("failure_rate"),
             "confidence_threshold": (self.report.get("confidence") or {}).get("threshold"),
+            "workloads": self.decision.verdicts,
+            "promoted_workloads": self.decision.thresholds,
         }
 
 
@@ -181,7 +183,7 @@ class TrainingJob:
             runtime = StudentRuntime(model, student.tokenizer, device, student.codec, student.fmt)
             report = evaluator.evaluate(runtime, split, model_id=f"{s.model_name}-{version_hint}")
             stages["evaluate"] = time.perf_counter() - t0
-            decision = decide(report, s.gate)
+            decision = self._decide(report)
             metrics = report.metrics()
             report_dict = report.to_dict()
             report_dict["gate"] = decision.to_dict()
@@ -216,11 +218,15 @@ class TrainingJob:
                     "data": {"source": data.source, "counts": manifest_data["counts"],
                              "sha256": manifest_data["sha256"]},
                     "student": student.describe(),
+                    **({"workloads": decision.thresholds, "workload_verdicts": decision.verdicts}
+                       if decision.workloads else {}),
                 },
             )
             events = [candidate]
             if decision.promoted:
-                events.append(self.registry.promote(info.version, reason="passed the evaluation gate"))
+                why = ("passed the evaluation gate" if not decision.workloads else
+                       f"passed the evaluation gate for {', '.join(decision.thresholds)}")
+                events.append(self.registry.promote(info.version, reason=why))
             else:
                 events.append(self.registry.reject(info.version, decision.reasons))
             stages["register"] = time.perf_counter() - t0
@@ -240,8 +246,28 @@ class TrainingJob:
         self.echo(f"[{run_id}] {info.version}: {decision.status} (quality_ratio {report.quality_ratio}, failure rate "
                   f"{report.failure_rate}) in {seconds:.0f} s"
                   + (f"; {'; '.join(decision.reasons)}" if decision.reasons else ""))
+        for w, d in decision.workloads.items():
+            sub = report.workloads.get(w) or {}
+            ok = (sub.get("student_success") or {})
+            self.echo(f"[{run_id}]   {w}: {d.status} (quality_ratio {sub.get('quality_ratio')}, failure rate "
+                      f"{sub.get('failure_rate')}, success {ok.get('count')}/{ok.get('of')}, threshold "
+                      f"{(sub.get('confidence') or {}).get('threshold')})")
         return JobResult(run_id, info.version, decision.status, decision, report_dict, metrics,
                          self.registry.path(info.version), seconds, stages, events)
+
+    def _decide(self, report: Any) -> GateDecision:
+        """The gate per workload, against what the live version serves (its regressions are named)."""
+        live = self.registry.live()
+        previous: dict[str, float] | None = None
+        serves_all = False
+        if live is not None:
+            try:
+                previous = self.registry.info(live).workloads
+            except Exception:  # an unreadable live version: nothing to compare with
+                previous = {}
+            serves_all = previous is None
+        return decide_workloads(report, self.section.gate, previous=previous, previous_version=live,
+                                previous_serves_all=serves_all)
 
     @staticmethod
     def describe_split(split: DataSplit) -> dict[str, int]:
