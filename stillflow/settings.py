@@ -3,7 +3,8 @@
 `KafkaSettings`, `TopicNames`, `LimitsSettings` and `QualitySettings` (scoring and gates, from
 `stillflow.quality.settings`; e.g. `STILLFLOW_QUALITY__MIN_SCORE`, `STILLFLOW_QUALITY__WEIGHTS__CORRECTNESS`)
 are shared sections; `StillflowSettings` is the base every service model extends with its own section
-(e.g. `STILLFLOW_SDK__LINGER_MS`). The quality section is shared so that the stream (teacher traces)
+(e.g. `STILLFLOW_SDK__LINGER_MS`). `AdviseSettings` holds the thresholds and prices of `stillflow advise`
+(e.g. `STILLFLOW_ADVISE__MAX_FORMAT_DRIFT`). The quality section is shared so that the stream (teacher traces)
 and the trainer (student traces) score and gate by the same configuration.
 `STILLFLOW_KAFKA__BOOTSTRAP_SERVERS` set → every service uses that cluster; unset → the embedded broker.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "LimitsSettings",
     "SDKSettings",
     "QualitySettings",
+    "AdviseSettings",
     "StillflowSettings",
 ]
 
@@ -114,6 +116,26 @@ class WorkloadSettings(_Section):
     max_labels: int = Field(default=8, ge=0, description="workloads named on a metric label; the rest are `other`")
 
 
+class AdviseSettings(_Section):
+    """`stillflow advise`: the thresholds of its symptoms and the prices it costs episodes at (docs/advise.md)."""
+
+    min_tasks_per_day: float = Field(default=1_000.0, ge=0,
+                                     description="high volume: more tasks a day than this -> distil")
+    max_teacher_latency_per_task_s: float = Field(default=10.0, ge=0,
+                                                  description="slow: more teacher seconds a task than this -> distil")
+    max_context_share: float = Field(default=0.5, ge=0, le=1,
+                                     description="context window too full: a larger share of prompt tokens "
+                                                 "that is system prompt + tool schemas -> fine-tune")
+    max_format_drift: float = Field(default=0.02, ge=0, le=1,
+                                    description="format drift: a larger share of traces rejected by the "
+                                                "tool_validity gate -> fine-tune")
+    max_inconsistency: float = Field(default=0.25, ge=0,
+                                     description="inconsistency: a larger mean coefficient of variation of step "
+                                                 "counts on the same task -> distil")
+    teacher_price_per_1k: float = Field(default=0.01, ge=0, description="USD per 1k teacher tokens")
+    student_price_per_1k: float = Field(default=0.0005, ge=0, description="USD per 1k student tokens")
+
+
 class StillflowSettings(BaseSettings):
     """Shared settings; services subclass this and add their own section."""
 
@@ -127,4 +149,5 @@ class StillflowSettings(BaseSettings):
     sdk: SDKSettings = SDKSettings()
     quality: QualitySettings = QualitySettings()
     workloads: WorkloadSettings = WorkloadSettings()
+    advise: AdviseSettings = AdviseSettings()
     log_level: str = "INFO"
