@@ -24,7 +24,8 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("stillflow")
 
 # Modules that add sub-commands; each must import light and expose register(subparsers).
-_PLUGINS = ("sim.cli", "streams.cli", "trainer.cli", "router.cli", "stillflow.demo", "stillflow.up")
+_PLUGINS = ("sim.cli", "streams.cli", "trainer.cli", "router.cli", "stillflow.demo", "stillflow.up",
+            "stillflow.advise_cli")
 
 
 class CLIError(Exception):
