@@ -57,6 +57,8 @@ def plan_services(args: argparse.Namespace, out: Path) -> list[Service]:
         trainer += ["--min-examples", str(args.min_examples)]
     if getattr(args, "sft_steps", None):
         trainer += ["--sft-steps", str(args.sft_steps)]
+    if getattr(args, "eval_tasks", None):
+        trainer += ["--eval-tasks", str(args.eval_tasks)]
     services.append(Service("trainer", trainer,
                             metrics_url=f"http://127.0.0.1:{args.trainer_metrics_port}/metrics"))
     teacher_url = args.teacher_url
@@ -203,6 +205,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fleet-families", default=None,
                    help="--sim: the fleet's task families, comma-separated (default all): the agent's job")
     p.add_argument("--sft-steps", type=positive_int, default=None, help="the trainer's SFT steps (over its profile's)")
+    p.add_argument("--eval-tasks", type=positive_int, default=None,
+                   help="the trainer's held-out tasks per workload (over its profile's)")
     p.add_argument("--app-id", default=None, help="streams consumer group / app id (default: settings)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds each service has to become ready")
     p.add_argument("--quiet", action="store_true", help="log to <out>/up.log only")

@@ -419,7 +419,8 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout-families", default=None, help="task families held out whole, comma-separated")
     p.add_argument("--environment", default=None,
                    help="evaluation environment module:attr ('none' = offline replay only)")
-    p.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks run online")
+    p.add_argument("--eval-tasks", type=int, default=None,
+                   help="held-out tasks run online per workload (the gate decides workload by workload)")
     p.add_argument("--gate-scope", choices=("all", "routed"), default=None,
                    help="all: the student alone on every held-out task (default); routed: behind the router, on "
                         "the tasks its calibrated threshold sends it (as the demo judges it)")

@@ -159,7 +159,7 @@ class EvalSection(_Section):
     )
     environment_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for it")
     mode: Literal["online", "offline", "both"] = "both"
-    tasks: int = Field(default=60, ge=1, description="held-out tasks the student runs online")
+    tasks: int = Field(default=40, ge=1, description="held-out tasks the student runs online, per workload")
     offline_examples: int = Field(default=40, ge=0, description="held-out teacher conversations replayed offline")
     max_turns: int = Field(default=8, ge=1)
     max_new_tokens: int = Field(default=160, ge=8)
