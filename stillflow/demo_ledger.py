@@ -64,6 +64,7 @@ class Decision:
     student_version: str | None
     canary: bool
     reason: str
+    workload: str = "default"
 
     @property
     def by_student(self) -> bool:
@@ -78,6 +79,7 @@ class Outcome:
     total_tokens: int
     cost_usd: float  # what the teacher reported for its turns (the student reports none)
     served_by: dict[str, int]
+    workload: str = "default"
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class VersionChange:
     reasons: tuple[str, ...]
     metrics: dict[str, float]
     threshold: float | None
+    workloads: dict[str, float] = field(default_factory=dict)  # promoted: the workloads it serves
+    verdicts: dict[str, str] = field(default_factory=dict)  # the gate's verdict per workload
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ class Ledger:
         if ts < self.since or event.event_id in self._event_ids:
             return False
         if isinstance(event, RouteDecision):
-            d = Decision(ts, event.trace_id, event.served_by, event.student_version, event.canary, event.reason)
+            d = Decision(ts, event.trace_id, event.served_by, event.student_version, event.canary, event.reason,
+                         event.workload or "default")
             self.decisions.append(d)
             self.requests += 1
             self.student_requests += d.by_student
@@ -144,7 +149,8 @@ class Ledger:
             if event.trace_id in self.outcomes:
                 return False
             self.outcomes[event.trace_id] = Outcome(ts, event.trace_id, event.success, event.total_tokens,
-                                                    event.cost_usd, parse_served_by(event.metadata.get("served_by")))
+                                                    event.cost_usd, parse_served_by(event.metadata.get("served_by")),
+                                                    event.workload or "default")
         elif isinstance(event, ScoredTrace):
             t = event.trace
             if t.trace_id in self.scored:
@@ -153,7 +159,8 @@ class Ledger:
                                              parse_served_by(t.metadata.get("served_by")))
         elif isinstance(event, ModelVersionEvent):
             self.versions.append(VersionChange(ts, event.version, event.status, tuple(event.reasons),
-                                               dict(event.metrics), event.confidence_threshold))
+                                               dict(event.metrics), event.confidence_threshold,
+                                               dict(event.workloads), dict(event.workload_verdicts)))
         elif isinstance(event, TrainingRunEvent):
             self.runs.append(RunChange(ts, event.run_id, event.status, event.n_new_examples, event.version,
                                        event.error, dict(event.metrics)))
@@ -247,6 +254,13 @@ class PhaseStats:
     passed: int = 0
     passed_from_teacher: int = 0  # training examples from traces the teacher served (fallbacks, once a student is live)
     gate_rejections: Counter[str] = field(default_factory=Counter)
+    by_workload: dict[str, PhaseStats] = field(default_factory=dict)  # the same figures per workload
+
+    def of(self, workload: str) -> PhaseStats:
+        sub = self.by_workload.get(workload)
+        if sub is None:
+            sub = self.by_workload[workload] = PhaseStats(self.phase)
+        return sub
 
     @property
     def student_share(self) -> float | None:
@@ -286,7 +300,16 @@ class PhaseStats:
             "passed": self.passed,
             "passed_from_teacher": self.passed_from_teacher,
             "gate_rejections": dict(self.gate_rejections.most_common()),
+            **({"workloads": {w: sub.workload_dict() for w, sub in sorted(self.by_workload.items())}}
+               if self.by_workload else {}),
         }
+
+    def workload_dict(self) -> dict[str, Any]:
+        """The per-workload figures of a phase (requests, share, episodes, success, cost)."""
+        return {"requests": self.requests, "student_requests": self.student_requests,
+                "student_share": _r(self.student_share), "episodes": self.episodes, "successes": self.successes,
+                "success_rate": _r(self.success_rate), "cost_usd": round(self.cost_usd, 6),
+                "cost_per_task_usd": _r(self.cost_per_task, 6)}
 
 
 def _r(x: float | None, digits: int = 4) -> float | None:
@@ -300,20 +323,22 @@ def phase_stats(ledger: Ledger, phases: list[Phase], cost: CostModel) -> list[Ph
     stats = [PhaseStats(p) for p in phases]
     starts = [p.start for p in phases]
     for d in ledger.decisions:
-        s = stats[_phase_index(starts, d.ts)]
-        s.requests += 1
-        s.student_requests += d.by_student
-        s.failed_requests += d.served_by == NOBODY
-        s.reasons[d.reason] += 1
+        phase = stats[_phase_index(starts, d.ts)]
+        for s in (phase, phase.of(d.workload)):
+            s.requests += 1
+            s.student_requests += d.by_student
+            s.failed_requests += d.served_by == NOBODY
+            s.reasons[d.reason] += 1
     for o in ledger.outcomes.values():
         first = ledger.first_decision(o.trace_id)
-        s = stats[_phase_index(starts, first if first is not None else o.ts)]
-        s.episodes += 1
-        s.successes += o.success
+        phase = stats[_phase_index(starts, first if first is not None else o.ts)]
         t, st = cost.split_tokens(o)
-        s.teacher_tokens += t
-        s.student_tokens += st
-        s.cost_usd += cost.cost(t, st)
+        for s in (phase, phase.of(o.workload)):
+            s.episodes += 1
+            s.successes += o.success
+            s.teacher_tokens += t
+            s.student_tokens += st
+            s.cost_usd += cost.cost(t, st)
     for sc in ledger.scored.values():
         first = ledger.first_decision(sc.trace_id)
         s = stats[_phase_index(starts, first if first is not None else sc.ts)]

@@ -30,7 +30,8 @@ __all__ = [
     "write_plots",
 ]
 
-SHARE_MIN = 0.60  # student share of requests in the last phase
+SHARE_MIN = 0.60  # (versions gated before workloads) student share of requests in the last phase
+SHARE_SLACK = 0.10  # the student's share may fall this far below the share its promoted workloads carry
 SUCCESS_RATIO_MIN = 0.95  # task success of served answers vs the teacher-only phase
 MIN_REQUESTS = 20  # fewer requests in a phase: too few to judge it
 MIN_EPISODES = 10
@@ -67,14 +68,36 @@ def _check(name: str, description: str, target: str, value: Any, passed: bool, d
             "result": "PASS" if passed else "FAIL", "detail": detail}
 
 
+def _served_workloads(v: dict[str, Any] | None) -> set[str] | None:
+    """The workloads a promoted version serves (None: a version gated before workloads serves them all)."""
+    if v is None:
+        return set()
+    w = v.get("workloads")
+    return set(w) if w else None
+
+
 def acceptance_checks(phases: list[dict[str, Any]], promoted: list[dict[str, Any]], *,
+                      runs: list[dict[str, Any]] | None = None, versions: list[dict[str, Any]] | None = None,
                       min_requests: int = MIN_REQUESTS, min_episodes: int = MIN_EPISODES) -> list[dict[str, Any]]:
-    """The issue's checks: a promoted student; the student's share of requests in the last phase;
-    task success of served answers against the teacher-only phase; cost per task down."""
+    """The issue's checks: a workload promoted; the student's share of requests in the last phase against
+    the share its promoted workloads carry; each promoted workload's task success against its teacher-only
+    success; cost per task down; the flywheel turns again (a retrain fed by the first student's fallbacks
+    evaluated before the end, with its verdict per workload)."""
     checks = []
-    names = ", ".join(f"{v['version']} at {v['t_s']:.0f} s" for v in promoted)
-    checks.append(_check("promoted_student", "at least one student promoted", ">= 1", len(promoted),
-                         len(promoted) >= 1, f"promoted: {names}" if promoted else "no version was promoted"))
+    served_by_any: set[str] = set()
+    serves_all = False
+    for v in promoted:
+        w = _served_workloads(v)
+        if w is None:
+            serves_all = True
+        else:
+            served_by_any |= w
+    n_promoted = len(served_by_any) if not serves_all else max(1, len(served_by_any))
+    names = "; ".join(f"{v['version']} at {v['t_s']:.0f} s for "
+                      f"{', '.join(sorted(v.get('workloads') or {})) or 'every workload'}" for v in promoted)
+    checks.append(_check("promoted_workload", "at least one workload promoted", ">= 1", n_promoted,
+                         bool(promoted) and n_promoted >= 1, f"promoted: {names}" if promoted else
+                         "no version was promoted for any workload"))
     teacher = next((p for p in phases if p["version"] is None), None)
     last = phases[-1] if phases else None
     cut_short = ""
@@ -88,17 +111,32 @@ def acceptance_checks(phases: list[dict[str, Any]], promoted: list[dict[str, Any
             last = earlier[-1]
     no_student = last is None or last["version"] is None
     why_none = "the last phase is teacher-only: no student went live"
+    live = None if no_student else next((v for v in reversed(promoted) if v["version"] == last["version"]), None)
+    live_set = _served_workloads(live) if live is not None else set()
+    per_last = (last or {}).get("workloads") or {}
 
+    # the share the student can take: the requests of the workloads its live version serves
     share = None if no_student else last["student_share"]
     if no_student:
-        ok, detail = False, why_none
+        ok, detail, target = False, why_none, f"the promoted workloads' share - {SHARE_SLACK:.0%}"
     elif last["requests"] < min_requests:
         ok, detail = False, f"only {last['requests']} requests in the last phase (< {min_requests}): too few to judge"
+        target = f"the promoted workloads' share - {SHARE_SLACK:.0%}"
     else:
-        ok = share is not None and share >= SHARE_MIN
-        detail = f"{last['student_requests']} of {last['requests']} requests in {last['label']} served by the student"
-    checks.append(_check("student_share_last_phase", "student share of requests in the last phase",
-                         f">= {SHARE_MIN:.0%}", share, ok, detail))
+        carried = last["requests"] if live_set is None else sum(
+            d["requests"] for w, d in per_last.items() if w in live_set)
+        carried_share = carried / last["requests"] if last["requests"] else 0.0
+        if live_set is None:  # a version gated before workloads: the fixed bar of that time
+            want, target = SHARE_MIN, f">= {SHARE_MIN:.0%}"
+        else:
+            want = max(0.0, carried_share - SHARE_SLACK)
+            target = f">= {want:.0%} ({carried_share:.0%} carried by its workloads - {SHARE_SLACK:.0%})"
+        ok = share is not None and share >= want
+        served = "every workload" if live_set is None else ", ".join(sorted(live_set))
+        detail = (f"{last['student_requests']} of {last['requests']} requests in {last['label']} served by the "
+                  f"student; its workloads ({served}) carried {carried}")
+    checks.append(_check("student_share_last_phase", "student share of requests in the last phase", target, share,
+                         ok, detail))
 
     base_ok = teacher is not None and teacher["episodes"] >= min_episodes
     base_why = (f"the teacher-only phase has {teacher['episodes'] if teacher else 0} episodes (< {min_episodes}): "
@@ -116,26 +154,42 @@ def acceptance_checks(phases: list[dict[str, Any]], promoted: list[dict[str, Any
             return False, f"the student served none of the {last['requests']} requests of {last['label']}"
         return None
 
-    # Figures against the baseline only for a student phase (the teacher-only one is the baseline). A
-    # check that cannot be judged has no value; its detail says why, with the figures there are.
-    success_figures = cost_figures = ""
-    if not no_student and teacher:
-        success_figures = (f"{last['label']}: {_fmt_pct(last['success_rate'])} of {last['episodes']} episodes; "
-                           f"teacher-only: {_fmt_pct(teacher['success_rate'])} of {teacher['episodes']}")
-        cost_figures = (f"{last['label']}: {_fmt_usd(last['cost_per_task_usd'])} per task; teacher-only: "
-                        f"{_fmt_usd(teacher['cost_per_task_usd'])}")
     early = compare()
+    # each promoted workload against its own teacher-only success
     ratio = None
     if early:
-        ok, detail = early[0], early[1] + (f" ({success_figures})" if success_figures else "")
+        ok, detail = early
     else:
-        if teacher["success_rate"] and last["success_rate"] is not None:
-            ratio = round(last["success_rate"] / teacher["success_rate"], 4)
-        ok, detail = ratio is not None and ratio >= SUCCESS_RATIO_MIN, success_figures
-    checks.append(_check("task_success_vs_teacher", "task success of served answers, last phase / teacher-only",
-                         f">= {SUCCESS_RATIO_MIN:.0%}", ratio, ok, detail))
+        per_teacher = teacher.get("workloads") or {}
+        judged, parts, too_few = [], [], []
+        # a version gated before workloads (or phases without per-workload figures): the phase as a whole
+        whole = live_set is None or not per_last
+        names_ = ["all workloads"] if whole else sorted(live_set)
+        for w in names_:
+            a, b = (last, teacher) if whole else (per_last.get(w) or {}, per_teacher.get(w) or {})
+            if (a.get("episodes") or 0) < min_episodes or (b.get("episodes") or 0) < min_episodes:
+                too_few.append(f"{w} ({a.get('episodes') or 0} / {b.get('episodes') or 0} episodes)")
+                continue
+            if not b.get("success_rate"):
+                too_few.append(f"{w} (no teacher-only success)")
+                continue
+            r_ = round((a.get("success_rate") or 0.0) / b["success_rate"], 4)
+            judged.append(r_)
+            parts.append(f"{w} {_fmt_pct(a.get('success_rate'))} of {a['episodes']} vs {_fmt_pct(b['success_rate'])} "
+                         f"of {b['episodes']} ({r_:.0%})")
+        ratio = min(judged) if judged else None
+        ok = bool(judged) and ratio is not None and ratio >= SUCCESS_RATIO_MIN
+        detail = "; ".join(parts) or "no promoted workload has enough episodes in both phases"
+        if too_few:
+            detail += f" [too few to judge: {', '.join(too_few)}]"
+    checks.append(_check("task_success_vs_teacher", "task success per promoted workload, last phase / teacher-only "
+                         "(the lowest)", f">= {SUCCESS_RATIO_MIN:.0%} each", ratio, ok, detail))
 
     value = None
+    cost_figures = ""
+    if not no_student and teacher:
+        cost_figures = (f"{last['label']}: {_fmt_usd(last['cost_per_task_usd'])} per task; teacher-only: "
+                        f"{_fmt_usd(teacher['cost_per_task_usd'])}")
     if early:
         ok, detail = early[0], early[1] + (f" ({cost_figures})" if cost_figures else "")
     else:
@@ -145,8 +199,28 @@ def acceptance_checks(phases: list[dict[str, Any]], promoted: list[dict[str, Any
         ok, detail = value is not None and value < 1.0, cost_figures
     checks.append(_check("cost_per_task_down", "cost per task, last phase / teacher-only", "< 100%", value, ok,
                          detail))
+
+    # the flywheel turns again: a retrain requested after the first student went live, evaluated before the end
+    later = [r for r in (runs or []) if r.get("after_first_live")]
+    verdict_of = {v["version"]: v for v in (versions or []) if v["status"] in ("promoted", "rejected")}
+    evaluated = [r for r in later if r.get("version") in verdict_of]
+    if evaluated:
+        r0 = evaluated[0]
+        v = verdict_of[r0["version"]]
+        verdicts = v.get("verdicts") or {}
+        shown = ", ".join(f"{w} {s}" for w, s in sorted(verdicts.items())) or v["status"]
+        ok, detail = True, (f"{r0['run_id']} (requested at {r0['requested_s']:.0f} s on {r0['n_new_examples']} new "
+                            f"examples) -> {v['version']} {v['status']} at {v['t_s']:.0f} s: {shown}")
+    elif later:
+        ok, detail = False, (f"{later[0]['run_id']} was requested at {later[0]['requested_s']:.0f} s but not evaluated "
+                             f"before the end ({later[0]['status']})")
+    else:
+        ok, detail = False, ("no retrain was requested after the first student went live" if not no_student
+                             else why_none)
+    checks.append(_check("flywheel_turns_again", "a retrain fed by the first student's fallbacks, evaluated",
+                         "evaluated before the end", len(evaluated), ok, detail))
     if cut_short:
-        for check in checks[1:]:
+        for check in checks[1:4]:
             check["detail"] += cut_short
     return checks
 
@@ -295,7 +369,8 @@ def build_report(ledger: Ledger, *, t0: float, end: float, cost: CostModel, eval
         entry: dict[str, Any] = {"version": v.version, "status": v.status, "t_s": round(v.ts - t0, 1),
                                  "quality_ratio": v.metrics.get("quality_ratio"),
                                  "failure_rate": v.metrics.get("failure_rate"),
-                                 "confidence_threshold": v.threshold, "reasons": list(v.reasons)}
+                                 "confidence_threshold": v.threshold, "reasons": list(v.reasons),
+                                 "workloads": dict(v.workloads), "verdicts": dict(v.verdicts)}
         if v.status == "promoted" and v.version in live_at:
             entry["live_s"] = round(live_at[v.version] - t0, 1)
             entry["switch_seconds"] = round(live_at[v.version] - v.ts, 1)
@@ -370,7 +445,7 @@ def build_report(ledger: Ledger, *, t0: float, end: float, cost: CostModel, eval
         },
         "sweep": sweep,
     }
-    report["checks"] = acceptance_checks(phase_dicts, promoted)
+    report["checks"] = acceptance_checks(phase_dicts, promoted, runs=runs, versions=versions)
     report["milestones"] = milestones(report)
     return report
 

@@ -31,6 +31,12 @@ def phase(index: int, version: str | None, requests: int, student: int, episodes
 
 
 PROMOTED = [{"version": "v0001", "t_s": 58.0}]
+# a retrain after the first switch, evaluated before the end (the flywheel turned again)
+TURNED: dict[str, Any] = {
+    "runs": [{"run_id": "r2", "after_first_live": True, "version": "v0009", "requested_s": 90.0,
+              "n_new_examples": 300, "status": "finished"}],
+    "versions": [{"version": "v0009", "status": "rejected", "t_s": 300.0, "verdicts": {"lookup": "rejected"}}],
+}
 
 
 def by_name(checks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -39,7 +45,7 @@ def by_name(checks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_checks_pass_when_the_student_serves_well_and_cheaply() -> None:
     phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 400, 300, 100, 88, 0.004)]
-    c = by_name(acceptance_checks(phases, PROMOTED))
+    c = by_name(acceptance_checks(phases, PROMOTED, **TURNED))
     assert all(x["result"] == "PASS" for x in c.values()), c
     assert c["student_share_last_phase"]["value"] == 0.75
     assert c["task_success_vs_teacher"]["value"] == pytest.approx(0.88 / 0.9, abs=1e-4)
@@ -48,39 +54,39 @@ def test_checks_pass_when_the_student_serves_well_and_cheaply() -> None:
 
 def test_checks_fail_on_their_figures() -> None:
     phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 400, 200, 100, 80, 0.012)]
-    c = by_name(acceptance_checks(phases, PROMOTED))
-    assert c["promoted_student"]["passed"]
+    c = by_name(acceptance_checks(phases, PROMOTED, **TURNED))
+    assert c["promoted_workload"]["passed"]
     assert not c["student_share_last_phase"]["passed"]  # 50% < 60%
     assert not c["task_success_vs_teacher"]["passed"]  # 0.80 / 0.90 < 95%
     assert not c["cost_per_task_down"]["passed"]  # dearer
     # the last phase is what counts, not the first student phase
     phases.append(phase(2, "v0002", 300, 240, 80, 78, 0.003))
-    c = by_name(acceptance_checks(phases, PROMOTED + [{"version": "v0002", "t_s": 200.0}]))
+    c = by_name(acceptance_checks(phases, PROMOTED + [{"version": "v0002", "t_s": 200.0}], **TURNED))
     assert all(x["passed"] for x in c.values())
 
 
 def test_without_a_student_phase_every_check_fails_and_says_why() -> None:
     c = by_name(acceptance_checks([phase(0, None, 900, 0, 300, 280, 0.01)], []))
-    assert [x["result"] for x in c.values()] == ["FAIL"] * 4
-    assert c["promoted_student"]["detail"] == "no version was promoted"
+    assert [x["result"] for x in c.values()] == ["FAIL"] * 5
+    assert c["promoted_workload"]["detail"] == "no version was promoted for any workload"
     assert "no student went live" in c["task_success_vs_teacher"]["detail"]
     assert "no student went live" in c["cost_per_task_down"]["detail"]
 
 
 def test_too_few_requests_or_episodes_are_not_judged() -> None:
     phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 5, 5, 2, 2, 0.001)]
-    c = by_name(acceptance_checks(phases, PROMOTED))
+    c = by_name(acceptance_checks(phases, PROMOTED, **TURNED))
     assert not c["student_share_last_phase"]["passed"] and "too few" in c["student_share_last_phase"]["detail"]
     assert not c["cost_per_task_down"]["passed"] and "too few" in c["cost_per_task_down"]["detail"]
     phases = [phase(0, None, 10, 0, 3, 3, 0.01), phase(1, "v0001", 400, 300, 100, 90, 0.001)]
-    c = by_name(acceptance_checks(phases, PROMOTED))
+    c = by_name(acceptance_checks(phases, PROMOTED, **TURNED))
     assert "no baseline" in c["task_success_vs_teacher"]["detail"]
 
 
 def test_a_last_version_live_just_before_the_stop_leaves_the_student_phase_before_it_to_judge() -> None:
     phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 400, 300, 100, 88, 0.004),
               phase(2, "v0002", 6, 6, 1, 1, 0.001)]
-    c = by_name(acceptance_checks(phases, PROMOTED + [{"version": "v0002", "t_s": 200.0}]))
+    c = by_name(acceptance_checks(phases, PROMOTED + [{"version": "v0002", "t_s": 200.0}], **TURNED))
     assert all(x["passed"] for x in c.values()), c
     assert c["student_share_last_phase"]["value"] == 0.75  # v0001's phase
     assert "student v0002's phase had only 6 requests and 1 episodes before the demo stopped: student v0001 is judged" in (
@@ -93,7 +99,7 @@ def test_a_last_version_live_just_before_the_stop_leaves_the_student_phase_befor
 def test_a_student_phase_the_student_served_nothing_of_proves_nothing_about_success_or_cost() -> None:
     # cheaper and as good, but only because the task mix differed: every answer was the teacher's
     phases = [phase(0, None, 400, 0, 100, 90, 0.01), phase(1, "v0001", 400, 0, 100, 92, 0.009)]
-    c = by_name(acceptance_checks(phases, PROMOTED))
+    c = by_name(acceptance_checks(phases, PROMOTED, **TURNED))
     for name in ("student_share_last_phase", "task_success_vs_teacher", "cost_per_task_down"):
         assert c[name]["result"] == "FAIL", c[name]
     assert "served none of the 400 requests" in c["cost_per_task_down"]["detail"]
@@ -171,7 +177,7 @@ def test_report_from_a_flywheel_run(tmp_path: Path) -> None:
     assert report["totals"]["requests"] == 80 and report["totals"]["episodes"] == 40
     assert report["sweep"]["version"] == "v0001" and report["sweep"]["operating_threshold"] == 0.7
     checks = by_name(report["checks"])
-    assert checks["promoted_student"]["passed"] and checks["student_share_last_phase"]["passed"]
+    assert checks["promoted_workload"]["passed"] and checks["student_share_last_phase"]["passed"]
     steps = {m["step"]: m["done"] for m in report["milestones"]}
     assert steps["router switched live to the student"] and steps["teacher fallbacks feed a second retrain"]
     report["plots"] = write_plots(report, tmp_path)
@@ -194,13 +200,13 @@ def test_report_of_a_run_where_nothing_was_promoted(tmp_path: Path) -> None:
                                  metrics={"quality_ratio": 0.66}, reasons=["quality_ratio 0.660 < 0.90"]))
     report = build_report(ledger, t0=T0, end=T0 + 40, cost=CostModel(), eval_reports={"v0001": eval_report(False)},
                           stop_reason="no student went live", config={})
-    assert [c["result"] for c in report["checks"]] == ["FAIL"] * 4
+    assert [c["result"] for c in report["checks"]] == ["FAIL"] * 5
     promoted = next(m for m in report["milestones"] if m["step"] == "student promoted")
     assert not promoted["done"] and "quality_ratio 0.660 < 0.90" in promoted["detail"]
     assert report["sweep"]["status"] == "rejected" and report["sweep"]["missing"]
     report["plots"] = write_plots(report, tmp_path)
     md = render_markdown(report)
-    assert "0 of 4 PASS" in md and "did not happen" in md and "per-task rows" in md
+    assert "0 of 5 PASS" in md and "did not happen" in md and "per-task rows" in md
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -218,3 +224,51 @@ def test_plots_are_valid_pngs_even_with_no_data(tmp_path: Path) -> None:
         w, h = _png_size(tmp_path / name)
         assert w > 300 and h > 300
     assert report["sweep"] is None and "no version was evaluated" in render_markdown({**report, "plots": names})
+
+
+def wphase(index: int, version: str | None, per: dict[str, tuple[int, int, int, int]], cost: float) -> dict[str, Any]:
+    """A phase with per-workload figures: workload -> (requests, student requests, episodes, successes)."""
+    req = sum(v[0] for v in per.values())
+    stu = sum(v[1] for v in per.values())
+    eps = sum(v[2] for v in per.values())
+    ok = sum(v[3] for v in per.values())
+    p = phase(index, version, req, stu, eps, ok, cost)
+    p["workloads"] = {w: {"requests": r, "student_requests": s, "student_share": s / r if r else None,
+                          "episodes": e, "successes": k, "success_rate": k / e if e else None}
+                      for w, (r, s, e, k) in per.items()}
+    return p
+
+
+LOOKUP_ONLY = [{"version": "v0001", "t_s": 58.0, "workloads": {"lookup": 0.8}}]
+
+
+def test_per_workload_checks_judge_the_promoted_workloads_against_their_own_teacher_baseline() -> None:
+    teacher = wphase(0, None, {"lookup": (200, 0, 50, 48), "billing": (200, 0, 50, 40)}, 0.01)
+    # lookup carries half the requests; the student serves 45% of all (lookup's 90%): within 10 points
+    student = wphase(1, "v0001", {"lookup": (200, 180, 50, 47), "billing": (200, 0, 50, 30)}, 0.006)
+    c = by_name(acceptance_checks([teacher, student], LOOKUP_ONLY, **TURNED))
+    assert c["promoted_workload"]["passed"] and "v0001 at 58 s for lookup" in c["promoted_workload"]["detail"]
+    share = c["student_share_last_phase"]
+    assert share["passed"] and share["value"] == 0.45 and share["target"].startswith(">= 40% (50% carried")
+    # billing fell (30 vs 40 of 50) but the teacher serves it: only lookup is judged, 47/50 vs 48/50
+    succ = c["task_success_vs_teacher"]
+    assert succ["passed"] and succ["value"] == pytest.approx(0.94 / 0.96, abs=1e-4), succ
+    assert "lookup 94.0% of 50 vs 96.0% of 50" in succ["detail"] and "billing" not in succ["detail"]
+    assert c["flywheel_turns_again"]["passed"] and "lookup rejected" in c["flywheel_turns_again"]["detail"]
+    # a student that serves less than its workloads carry, minus 10 points, fails
+    student = wphase(1, "v0001", {"lookup": (200, 70, 50, 47), "billing": (200, 0, 50, 30)}, 0.006)
+    assert not by_name(acceptance_checks([teacher, student], LOOKUP_ONLY))["student_share_last_phase"]["passed"]
+    # a promoted workload that does worse than 95% of its teacher-only success fails
+    student = wphase(1, "v0001", {"lookup": (200, 180, 50, 40), "billing": (200, 0, 50, 40)}, 0.006)
+    assert not by_name(acceptance_checks([teacher, student], LOOKUP_ONLY))["task_success_vs_teacher"]["passed"]
+
+
+def test_the_flywheel_check_needs_a_retrain_after_the_switch_evaluated_before_the_end() -> None:
+    teacher = wphase(0, None, {"lookup": (200, 0, 50, 48)}, 0.01)
+    student = wphase(1, "v0001", {"lookup": (200, 180, 50, 47)}, 0.006)
+    c = by_name(acceptance_checks([teacher, student], LOOKUP_ONLY))
+    assert not c["flywheel_turns_again"]["passed"]
+    assert c["flywheel_turns_again"]["detail"] == "no retrain was requested after the first student went live"
+    running = {"runs": [{**TURNED["runs"][0], "version": None, "status": "started"}], "versions": []}
+    c = by_name(acceptance_checks([teacher, student], LOOKUP_ONLY, **running))
+    assert not c["flywheel_turns_again"]["passed"] and "not evaluated before the end" in c["flywheel_turns_again"]["detail"]
