@@ -57,9 +57,10 @@ class DemoError(RuntimeError):
     pass
 
 
-# The demo's default job: a narrow one, as the teachers stillflow distils do. On two CPU cores a student
-# trained from scratch in minutes learns it (1 600 SFT steps on 330 examples: 94% of 100 held-out tasks
-# solved, quality ratio 1.00); on all six families it solves 37% (docs/trainer.md).
+# The two-family job of earlier demos (`--families lookup,recovery`): a narrow one that a student trained from
+# scratch in minutes on two CPU cores learns whole (1 600 SFT steps on 330 examples: 94% of 100 held-out tasks,
+# quality ratio 1.00). The default is the full mix, six families as six workloads: the student masters some
+# (lookups, recovery) and the gate promotes it for those only; the teacher keeps the rest.
 DESK_JOB = "lookup,recovery"
 
 
@@ -84,8 +85,10 @@ def _topic_models(settings: StillflowSettings) -> dict[str, type]:
             t.model_versions: ModelVersionEvent}
 
 
-async def _watch(settings: StillflowSettings, ledger: Ledger, stop: asyncio.Event, ready: asyncio.Event) -> None:
-    """Feed every event of the watched topics to the ledger until `stop`."""
+async def _watch(settings: StillflowSettings, ledger: Ledger, stop: asyncio.Event, ready: asyncio.Event,
+                 kept: dict[str, list[Any]] | None = None) -> None:
+    """Feed every event of the watched topics to the ledger until `stop` (and keep the scored traces and
+    route decisions in `kept`, for `stillflow advise`'s section of the report)."""
     from stillflow.kafka import make_consumer
 
     models = _topic_models(settings)
@@ -99,7 +102,9 @@ async def _watch(settings: StillflowSettings, ledger: Ledger, stop: asyncio.Even
                 for rec in records:
                     # the services dead-letter what they cannot read; the demo only counts results
                     with contextlib.suppress(ContractError):
-                        ledger.add(decode(rec.value or b"", models[rec.topic]))
+                        event = decode(rec.value or b"", models[rec.topic])
+                        if ledger.add(event) and kept is not None and isinstance(event, ScoredTrace | RouteDecision):
+                            kept["scored" if isinstance(event, ScoredTrace) else "decisions"].append(event)
     finally:
         await consumer.stop()
 
@@ -177,7 +182,7 @@ def _up_args(args: argparse.Namespace, ports: dict[str, int], budgets: Budgets) 
             "--window", str(args.window), "--retrain-threshold", str(args.retrain_threshold),
             "--min-examples", str(args.min_examples), "--fleet-rate", str(args.rate),
             "--fleet-duration", str(budgets.max_s + 60), "--fleet-agents", str(args.agents),
-            "--task-pool", str(args.task_pool)]
+            "--task-pool", str(args.task_pool), "--eval-tasks", str(args.eval_tasks)]
     if args.families != "all":
         argv += ["--fleet-families", args.families]
     if args.trainer_profile == "quick":
@@ -258,11 +263,16 @@ class _Narrator:
             if v.status in ("promoted", "rejected", "rolled_back"):
                 qr, fr = v.metrics.get("quality_ratio"), v.metrics.get("failure_rate")
                 why = f" ({'; '.join(v.reasons)[:200]})" if v.reasons and v.status != "promoted" else ""
+                per = (" | per workload: " + ", ".join(f"{w} {s}" + (f" (threshold {v.workloads[w]:.3f})"
+                                                                    if w in v.workloads else "")
+                                                       for w, s in sorted(v.verdicts.items()))) if v.verdicts else ""
                 self._say(("ver", v.version, v.status), v.ts, f"{v.version} {v.status}: quality ratio {qr}, failure "
-                                                             f"rate {fr}, threshold {v.threshold}{why}")
+                                                             f"rate {fr}, threshold {v.threshold}{per}{why}")
         for p in phases[1:]:
+            first = p.index == 1 and p.version is not None
             self._say(("live", str(p.version), str(p.index)), p.start,
-                      f"router live on {p.version or 'the teacher alone'}")
+                      f"router live on {p.version or 'the teacher alone'}"
+                      + (f" (time to first student: {p.start - self.t0:.0f} s)" if first else ""))
 
     def line(self, stage: str, now: float, phases: list[Any]) -> str:
         L = self.ledger
@@ -301,6 +311,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     _prepare_out(out)
     t0 = time.time()
     ledger = Ledger(since=t0 - 1.0)
+    kept: dict[str, list[Any]] = {"scored": [], "decisions": []}
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -325,7 +336,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     }
     try:
         await ensure_topics(settings)
-        watcher = asyncio.create_task(_watch(settings, ledger, watch_stop, watch_ready))
+        watcher = asyncio.create_task(_watch(settings, ledger, watch_stop, watch_ready, kept))
         await asyncio.wait_for(watch_ready.wait(), 60)
         env = _service_env(settings.kafka.bootstrap_servers or "", out, args)
         services = plan_services(up_args, out)
@@ -334,7 +345,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         children = dict((s.name, c) for s, c in await start_services(sup, services, env, args.ready_timeout))
         fleet = children["fleet"]
         traffic_start = time.time() - t0
-        job = "all task families" if args.families == "all" else f"the {args.families.replace(',', ' + ')} job"
+        job = ("all six task families, one workload each" if args.families == "all"
+               else f"the {args.families.replace(',', ' + ')} job")
         print(f"fleet on the router: {args.rate:g} episodes/s from {args.agents} agents, "
               f"{args.task_pool} tasks of {job}; "
               f"the trainer retrains every {args.retrain_threshold} new examples (first after {args.min_examples})",
@@ -357,7 +369,8 @@ async def run_demo(args: argparse.Namespace) -> int:
                                 first_live=students[0].start - t0 if students else None,
                                 latest_live=students[-1].start - t0 if len(students) > 1 else None,
                                 run_in_progress=bool(ledger.runs_in_progress()),
-                                fleet_done=not fleet.running and fleet.proc.returncode == 0)
+                                fleet_done=not fleet.running and fleet.proc.returncode == 0,
+                                retrain_verdict=_retrain_verdict(ledger, students[0].start if students else None))
             step = decide(progress, budgets)
             narrator.events(phases)
             if step.stop:
@@ -392,12 +405,42 @@ async def run_demo(args: argparse.Namespace) -> int:
     report = build_report(ledger, t0=t0, end=max(end, t0 + 1), cost=cost,
                           eval_reports=_eval_reports(out / "models", model), stop_reason=stop_reason,
                           config=config, settle_s=args.settle_s)
+    report["advise"] = _advice(kept, cost)
     report["plots"] = write_plots(report, out)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     print("\n" + _summary(report))
+    if report.get("time_to_first_student_s") is not None:
+        print(f"time to first student: {report['time_to_first_student_s']:.0f} s")
     print(f"report: {out / 'report.md'} (report.json, {', '.join(report['plots'])}); total {time.time() - t0:.0f} s")
     return code
+
+
+def _retrain_verdict(ledger: Ledger, first_live: float | None) -> str | None:
+    """The verdict on the first retrain requested after the first student went live (None: none yet)."""
+    if first_live is None:
+        return None
+    status = {v.version: v.status for v in ledger.versions if v.status in ("promoted", "rejected")}
+    for r in sorted(ledger.runs, key=lambda r: r.ts):
+        if r.status == "requested" and r.ts >= first_live:
+            done = ledger.run_states().get(r.run_id)
+            if done is not None and done.version in status:
+                return status[done.version]
+            if done is not None and done.status == "failed":
+                return "failed"
+            return None
+    return None
+
+
+def _advice(kept: dict[str, list[Any]], cost: CostModel) -> dict[str, Any] | None:
+    """`stillflow advise` on what the demo saw: which of its workloads are worth distilling."""
+    from stillflow.advise import AdviseError, advise_from_events, render_markdown
+
+    try:
+        advice = advise_from_events(kept["scored"], kept["decisions"], cost=cost)
+    except AdviseError as exc:
+        return {"error": str(exc)}
+    return {"report": advice.to_dict(), "markdown": render_markdown(advice, heading="###")}
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -467,9 +510,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--window", type=_positive, default=10.0, help="dataset window size, seconds")
     f.add_argument("--retrain-threshold", type=int, default=None, help="new SFT examples per run (quick 150, full 300)")
     f.add_argument("--min-examples", type=int, default=None, help="examples before the first run (default: threshold)")
-    f.add_argument("--families", type=_families, default=DESK_JOB,
-                   help=f"the agent's job: sim task families, comma-separated, or 'all' (default {DESK_JOB}: "
-                        "order and ticket lookups, with recovery from failing tools)")
+    f.add_argument("--families", type=_families, default="all",
+                   help="the agents' jobs: sim task families (each one workload), comma-separated, or 'all' (the "
+                        f"default: six workloads); {DESK_JOB} is the narrow two-family job of earlier demos")
+    f.add_argument("--eval-tasks", type=positive_int, default=40,
+                   help="held-out tasks per workload that each version is evaluated on (the gate decides per workload)")
     f.add_argument("--trainer-profile", choices=("quick", "settings"), default="quick",
                    help="quick: the trainer's --quick profile (CPU minutes); settings: STILLFLOW_TRAINER__... as set")
     f.add_argument("--student", choices=("tiny", *_named_bases()), default="tiny",

@@ -368,6 +368,9 @@ def timeline(ledger: Ledger, start: float, end: float, bin_s: float) -> list[dic
         if b is not None:
             b["requests"] += 1
             b["student_requests"] += d.by_student
+            w = b.setdefault("workloads", {}).setdefault(d.workload, [0, 0])  # [requests, student requests]
+            w[0] += 1
+            w[1] += d.by_student
     for o in ledger.outcomes.values():
         b = slot(o.ts)
         if b is not None:

@@ -3,17 +3,19 @@
 Exports `Budgets` (seconds per stage, the `--quick` and full profiles), `Progress` (what the demo has
 seen so far) and `decide(progress, budgets) -> Step`.
 
-Stages of the flywheel, each with a time budget:
+Stages follow what happens, each with a generous hard cap (a slower machine takes longer, it does not
+miss a fixed clock):
 1. `teacher-only` — traffic through the router, served by the teacher, until a student goes live
-   (the router served with a promoted version). Over `teacher_phase_s` from the start of traffic
-   without one: stop (nothing was promoted in time; the report says what happened instead), unless a
-   training run is going: then it is waited for up to `retrain_wait_s` more.
-2. `student` — the first student is live; watch it serve for `student_phase_s`. Teacher fallbacks
-   keep streaming in as data: if the retrain they trigger is running when that time is up, wait for
-   it up to `retrain_wait_s` more.
-3. `final` — a later version went live (the retrain was promoted): watch it for `final_phase_s`.
+   (the router served with a promoted version). Capped at `teacher_phase_s` of traffic without one
+   (plus up to `retrain_wait_s` while a training run is going): then it stops, and the report says
+   what happened instead.
+2. `student` — the first student is live, its teacher fallbacks stream in as data and feed the next
+   retrain. It is watched for at least `student_phase_s`, and until that retrain (one requested after
+   the switch) has been evaluated, at most `retrain_wait_s` more. A retrain that was rejected ends the
+   demo there (its verdicts per workload are in the report); a promoted one is waited for to go live.
+3. `final` — a later version went live: watch it for `final_phase_s`.
 And over all of it `max_s` from the demo's start (startup included): a hard stop, so that the demo
-ends cleanly on time whatever happened.
+ends cleanly whatever happened.
 """
 
 from __future__ import annotations
@@ -40,14 +42,16 @@ class Budgets:
 
     @classmethod
     def quick(cls) -> Budgets:
-        """Within 5 minutes on 2 cores: 4 min 30 s of demo, the rest for stopping and the report."""
-        return cls(teacher_phase_s=210, student_phase_s=45, retrain_wait_s=60, final_phase_s=30, max_s=270)
+        """Within 5 minutes on 2 cores: 4 min 30 s of demo, the rest for stopping and the report (the quick run
+        shows the first student; a retrain rarely fits)."""
+        return cls(teacher_phase_s=210, student_phase_s=45, retrain_wait_s=15, final_phase_s=30, max_s=270)
 
     @classmethod
     def full(cls) -> Budgets:
-        """Within 15 minutes on 2 cores from a fresh clone: 11 min of demo, ~2 min 30 s for `make demo` to
-        install what it needs, the rest for starting, stopping and the report."""
-        return cls(teacher_phase_s=420, student_phase_s=150, retrain_wait_s=180, final_phase_s=100, max_s=660)
+        """Caps for the whole flywheel on 2 cores: a first student is live in ~5 minutes and the retrain its
+        fallbacks feed is evaluated ~4 minutes later; `max_s` (11 min) is the hard stop, so that a fresh clone's
+        `make demo` (install included) ends within 15 minutes even when nothing goes as planned."""
+        return cls(teacher_phase_s=480, student_phase_s=60, retrain_wait_s=330, final_phase_s=45, max_s=660)
 
     def with_overrides(self, **values: float | None) -> Budgets:
         given = {k: float(v) for k, v in values.items() if v is not None}
@@ -56,7 +60,7 @@ class Budgets:
 
 @dataclass(frozen=True)
 class Progress:
-    """Seconds since the demo started (`now`), since traffic started, and the live switches seen."""
+    """Seconds since the demo started (`now`), since traffic started, and what the flywheel did."""
 
     now: float
     traffic_start: float
@@ -64,6 +68,8 @@ class Progress:
     latest_live: float | None = None  # when the latest later version went live (None: no later one)
     run_in_progress: bool = False  # a training run requested or started, not yet finished or failed
     fleet_done: bool = False
+    # the retrain requested after the first switch: None (not evaluated yet), "promoted", "rejected" or "failed"
+    retrain_verdict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ def decide(p: Progress, b: Budgets) -> Step:
             return Step("waiting-for-retrain")
         why = (f"a training run was still going after {b.retrain_wait_s:.0f} s of waiting" if p.run_in_progress
                else "none was promoted")
-        return Step(stage, True, f"no student went live within the teacher-only budget "
+        return Step(stage, True, f"no student went live within the teacher-only cap "
                                  f"({b.teacher_phase_s:.0f} s of traffic; {why})")
     if p.latest_live is not None:
         if p.now - p.latest_live >= b.final_phase_s:
@@ -96,8 +102,14 @@ def decide(p: Progress, b: Budgets) -> Step:
     in_student = p.now - p.first_live
     if in_student < b.student_phase_s:
         return Step(stage)
-    if p.run_in_progress and in_student < b.student_phase_s + b.retrain_wait_s:
+    if p.retrain_verdict == "rejected":
+        return Step(stage, True, "the retrain fed by the first student's fallbacks was evaluated and rejected "
+                                 "(its verdicts per workload are in the report)")
+    if p.retrain_verdict == "failed":
+        return Step(stage, True, "the retrain fed by the first student's fallbacks failed (see the report)")
+    if in_student < b.student_phase_s + b.retrain_wait_s:
         return Step("waiting-for-retrain")
-    if p.run_in_progress:
-        return Step(stage, True, f"the retrain was still running after {b.retrain_wait_s:.0f} s of waiting")
-    return Step(stage, True, f"the student phase ran its {b.student_phase_s:.0f} s and no later version went live")
+    what = ("was promoted but did not go live" if p.retrain_verdict == "promoted" else
+            "was still running" if p.run_in_progress else "was not evaluated")
+    return Step(stage, True, f"the retrain after the switch {what} within {b.retrain_wait_s:.0f} s of waiting "
+                             "after the student phase")

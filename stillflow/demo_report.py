@@ -445,6 +445,7 @@ def build_report(ledger: Ledger, *, t0: float, end: float, cost: CostModel, eval
         },
         "sweep": sweep,
     }
+    report["time_to_first_student_s"] = _rel(first_live, t0)
     report["checks"] = acceptance_checks(phase_dicts, promoted, runs=runs, versions=versions)
     report["milestones"] = milestones(report)
     return report
@@ -466,6 +467,41 @@ def _phase_roles(phases: list[dict[str, Any]]) -> dict[int, str]:
     return {k: ", ".join(v) for k, v in roles.items()}
 
 
+def workload_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per workload: its share, success and cost per phase, and each evaluated version's verdict."""
+    names = sorted({w for p in r["phases"] for w in (p.get("workloads") or {})}
+                   | {w for v in r["versions"] for w in (v.get("verdicts") or {})})
+    rows = []
+    for w in names:
+        per_phase = {p["label"]: (p.get("workloads") or {}).get(w) for p in r["phases"]}
+        verdicts = {v["version"]: (v.get("verdicts") or {}).get(w) for v in r["versions"]
+                    if v["status"] in ("promoted", "rejected") and (v.get("verdicts") or {}).get(w)}
+        rows.append({"workload": w, "phases": per_phase, "verdicts": verdicts})
+    return rows
+
+
+def _workload_table(r: dict[str, Any]) -> list[str]:
+    rows = workload_rows(r)
+    if not rows:
+        return []
+    labels = [p["label"] for p in r["phases"]]
+    versions = sorted({v for row in rows for v in row["verdicts"]})
+    head = ["workload", *(f"{lab}: share / success / cost per task" for lab in labels),
+            *(f"{v} verdict" for v in versions)]
+    L = ["## Per workload", "", "Student share of requests, task success and cost per task of each workload in "
+         "each phase; the gate's verdict on it for each evaluated version (a version serves only the workloads "
+         "it was promoted for).", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        cells = [row["workload"]]
+        for lab in labels:
+            d = row["phases"].get(lab)
+            cells.append("-" if not d else f"{_fmt_pct(d['student_share'])} / {_fmt_pct(d['success_rate'])} "
+                                           f"of {d['episodes']} / {_fmt_usd(d.get('cost_per_task_usd'))}")
+        cells += [row["verdicts"].get(v, "-") for v in versions]
+        L.append("| " + " | ".join(cells) + " |")
+    return [*L, ""]
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     checks = r["checks"]
     passed = sum(c["passed"] for c in checks)
@@ -477,6 +513,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         v = c["value"]
         shown = "n/a" if v is None else (f"{v:.1%}" if isinstance(v, float) else str(v))
         L.append(f"| {c['description']} | {c['detail']} | {c['target']} | {shown} | **{c['result']}** |")
+    if r.get("time_to_first_student_s") is not None:
+        L += ["", f"Time to first student (the router's first answer from a promoted version): "
+                  f"**{r['time_to_first_student_s']:.0f} s** after the demo started."]
     L += ["", "## What happened", ""]
     for m in r["milestones"]:
         L.append(f"- {'[x]' if m['done'] else '[ ] **did not happen**:'} {m['step']} — {m['detail']}")
@@ -497,6 +536,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"{p['label']}: " + ", ".join(f"{k} {v}" for k, v in p["reasons"].items())
         + (f" ({p['failed_requests']} requests failed: nobody could serve them)" if p["failed_requests"] else "")
         for p in r["phases"] if p["reasons"]), ""]
+    L += _workload_table(r)
     L += ["## Versions and retrains", "", "| run | requested (s) | new examples | status | version |",
           "| --- | --- | --- | --- | --- |"]
     for run in r["runs"]:
@@ -545,6 +585,10 @@ def render_markdown(r: dict[str, Any]) -> str:
                     L.append(f"| {'all teacher' if p['all_teacher'] else p['threshold']} | {_fmt_pct(p['coverage'])} | "
                              f"{_fmt_pct(p['success_rate'])} | {p['quality']} | {_fmt_pct(p['failure_rate'])} | "
                              f"{_fmt_usd(p['cost_per_task_usd'])} |")
+    advice = r.get("advise")
+    if advice:
+        L += ["", "## Which workloads are worth distilling (`stillflow advise` on the demo's events)", ""]
+        L += [advice.get("markdown") or f"Not available: {advice.get('error')}"]
     L += ["", "## Gate rejections (scored traces)", "", "| gate | traces |", "| --- | --- |"]
     L += [f"| {g} | {n} |" for g, n in r["gate_rejections"].items()] or ["| (none) | 0 |"]
     cm = r["cost_model"]
@@ -584,8 +628,17 @@ def write_plots(r: dict[str, Any], out_dir: Path) -> list[str]:
     share = [b["student_share"] for b in bins]
     succ = [b["success_rate"] for b in bins]
     if any(v is not None for v in share):
-        ax.plot(xs, [float("nan") if v is None else v for v in share], "-o", ms=3, label="student share of requests")
+        ax.plot(xs, [float("nan") if v is None else v for v in share], "-o", ms=3, lw=2.2, color="black",
+                label="student share of requests (all)")
         ax.plot(xs, [float("nan") if v is None else v for v in succ], "-s", ms=3, label="task success (episodes ended)")
+        names = sorted({w for b in bins for w in (b.get("workloads") or {})})
+        if len(names) > 1:
+            for w in names:
+                ys = []
+                for b in bins:
+                    n, k = (b.get("workloads") or {}).get(w, (0, 0))
+                    ys.append(k / n if n else float("nan"))
+                ax.plot(xs, ys, "-", lw=1, alpha=0.8, label=f"share: {w}")
     else:
         _no_data(ax, "no requests recorded")
     for start, end in r["events"]["runs"]:
@@ -604,7 +657,7 @@ def write_plots(r: dict[str, Any], out_dir: Path) -> list[str]:
     ax.set_title("Student share of requests and task success over time")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="center left", fontsize=8)
+        ax.legend(loc="center left", fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out_dir / "share_quality.png", dpi=110)
     plt.close(fig)

@@ -31,8 +31,9 @@ def test_quick_demo_plans_the_flywheel_through_the_router(tmp_path: Path) -> Non
     assert "--report-to-router" in fleet and f"http://127.0.0.1:{PORTS['router']}/v1" in fleet
     assert fleet[fleet.index("--task-pool") + 1] == "2000"  # varied training data
     assert float(fleet[fleet.index("--duration") + 1]) > budgets.max_s  # the demo, not the fleet, ends the run
-    assert fleet[fleet.index("--families") + 1] == "lookup,recovery"  # the default job: a narrow one
+    assert "--families" not in fleet  # the default: all six families, six workloads
     trainer = by["trainer"]
+    assert trainer[trainer.index("--eval-tasks") + 1] == "40"  # held-out tasks per workload
     assert "--quick" in trainer and trainer[trainer.index("--sft-steps") + 1] == "800"
     assert trainer[trainer.index("--threshold") + 1] == trainer[trainer.index("--min-examples") + 1] == "150"
     router = by["router"]
@@ -55,8 +56,8 @@ def test_full_demo_budgets_and_overrides(tmp_path: Path) -> None:
 def test_the_job_and_the_training_budget_are_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     by, _ = _plan(tmp_path=tmp_path)  # full: the student gets twice the quick profile's steps
     assert by["trainer"][by["trainer"].index("--sft-steps") + 1] == "1600"
-    by, _ = _plan("--families", "all", "--sft-steps", "300", tmp_path=tmp_path)
-    assert "--families" not in by["fleet"]  # all six families
+    by, _ = _plan("--families", "lookup,recovery", "--sft-steps", "300", tmp_path=tmp_path)
+    assert by["fleet"][by["fleet"].index("--families") + 1] == "lookup,recovery"  # the narrow job, as a flag
     assert by["trainer"][by["trainer"].index("--sft-steps") + 1] == "300"
     by, _ = _plan("--families", " lookup, multi_hop ", tmp_path=tmp_path)
     assert by["fleet"][by["fleet"].index("--families") + 1] == "lookup,multi_hop"

@@ -20,14 +20,24 @@ def test_teacher_only_until_a_student_is_live_or_its_budget_is_spent() -> None:
     assert step.stop and "still going after 20 s" in step.reason
 
 
-def test_student_phase_then_waits_for_a_running_retrain_within_its_budget() -> None:
+def test_the_student_phase_lasts_until_the_retrain_after_the_switch_is_evaluated() -> None:
     live = dict(traffic_start=10, first_live=60)
     assert decide(Progress(now=80, **live), B).stage == "student"
-    step = decide(Progress(now=90, **live), B)
-    assert step.stop and "no later version" in step.reason
+    # its least time is up, but the retrain its fallbacks feed is not evaluated yet: wait, within the cap
+    assert decide(Progress(now=90, **live), B).stage == "waiting-for-retrain"
     assert decide(Progress(now=95, run_in_progress=True, **live), B).stage == "waiting-for-retrain"
     step = decide(Progress(now=110, run_in_progress=True, **live), B)
-    assert step.stop and "still running" in step.reason
+    assert step.stop and "was still running within 20 s" in step.reason
+    step = decide(Progress(now=110, **live), B)
+    assert step.stop and "was not evaluated" in step.reason
+    # rejected: the demo ends once the student has had its least time
+    assert not decide(Progress(now=85, retrain_verdict="rejected", **live), B).stop
+    step = decide(Progress(now=92, retrain_verdict="rejected", **live), B)
+    assert step.stop and "evaluated and rejected" in step.reason
+    # promoted: waited for to go live (then the final phase), not longer than the cap
+    assert decide(Progress(now=95, retrain_verdict="promoted", **live), B).stage == "waiting-for-retrain"
+    step = decide(Progress(now=110, retrain_verdict="promoted", **live), B)
+    assert step.stop and "promoted but did not go live" in step.reason
 
 
 def test_final_phase_after_a_later_version_goes_live() -> None:
