@@ -199,6 +199,10 @@ def _service_env(bootstrap: str, out: Path, args: argparse.Namespace) -> dict[st
         "STILLFLOW_SIM__LATENCY_JITTER_MS": str(args.teacher_jitter_ms),
         "STILLFLOW_SIM__PRICE_PER_1K_TOKENS": str(args.teacher_price_per_1k),
         "STILLFLOW_TRAINER__GATE__SCOPE": args.gate_scope,
+        # the retrain after a promotion is fed by the new student's traffic and its teacher fallbacks: this many
+        # examples from after the switch (about half a minute of traffic) start it
+        "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION": os.environ.get(
+            "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION", str(max(20, args.retrain_threshold // 3))),
     }
     if getattr(args, "student", "tiny") != "tiny":  # the trainer (and its retrains) train this base with LoRA
         env["STILLFLOW_TRAINER__STUDENT__BASE"] = args.student

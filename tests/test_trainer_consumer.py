@@ -187,3 +187,45 @@ async def test_a_failing_job_is_reported_and_not_retried(settings: StillflowSett
     assert [e.status for e in events] == ["requested", "started", "failed"]
     assert events[-1].error == "RuntimeError: out of memory"
     assert await _run_consumer(ts, StubJob()) == 0
+
+
+class PromotingJob(StubJob):
+    """A job whose version is promoted at `promoted_at` (event time), as the trainer's gate would."""
+
+    def __init__(self, promoted_at: datetime) -> None:
+        super().__init__()
+        self.promoted_at = promoted_at
+
+    def __call__(self, request: RunRequest, data: TrainingData) -> RunOutcome:
+        with self.lock:
+            self.requests.append(request)
+        version = f"v{len(self.requests):04d}"
+        events = [ModelVersionEvent(model_name=request.model_name, version=version, status="candidate"),
+                  ModelVersionEvent(model_name=request.model_name, version=version, status="promoted",
+                                    timestamp=self.promoted_at)]
+        return RunOutcome(version=version, status="promoted", metrics={}, events=events)
+
+
+async def test_after_a_promotion_the_next_run_waits_for_data_from_after_it(
+    settings: StillflowSettings, tmp_path: Path
+) -> None:
+    ts = with_trainer(settings, registry_dir=tmp_path / "registry", retrain_threshold=10, min_training_examples=10,
+                      retrain_after_promotion=4, poll_timeout_s=0.2)
+    # v0001 is promoted at minute 3: windows ending at or before it were served before the new student
+    job = PromotingJob(promoted_at=T0 + timedelta(minutes=3))
+    consumer = RetrainConsumer(ts, job=job)
+    await consumer.start()
+    try:
+        await _send_windows(ts, [_window(0, 12)])
+        assert await consumer.run_once(idle_s=1.0, max_s=30) == 1
+        # 20 examples of windows that closed before the promotion: in the data, not a reason to retrain
+        await _send_windows(ts, [_window(1, 10), _window(2, 10)])
+        assert await consumer.run_once(idle_s=1.0, max_s=30) == 0
+        assert consumer.state.total == 32 and consumer.state.pending == 0
+        # the new student's traffic: 4 examples after the promotion trigger the run its fallbacks feed
+        await _send_windows(ts, [_window(3, 4)])
+        assert await consumer.run_once(idle_s=1.0, max_s=30) == 1
+    finally:
+        await consumer.stop()
+    assert [r.n_new_examples for r in job.requests] == [12, 4]
+    assert job.requests[1].total_examples == 36

@@ -8,6 +8,9 @@ How it works:
   topic is small, one partition, kept forever) and counts each `DatasetWindowClosed` once (by window
   id): `total` is every SFT example announced, `pending` those announced after the last run's
   watermark (the window-topic offsets it covered);
+- after a run that promoted a version, windows that closed before the promotion still count in `total`
+  (and are in the next run's data) but not in `pending`: the next run is fed by the new student's traffic
+  and its teacher fallbacks (`retrain_after_promotion` of those examples, default `retrain_threshold`);
 - after each batch of window events, when `pending >= retrain_threshold` and
   `total >= min_training_examples`, it records a run: the watermark (the dataset topics' end offsets
   now, and the window offsets counted) is saved to disk *first*, then `TrainingRunEvent(requested)`
@@ -39,12 +42,21 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stillflow.contracts import ContractError, DatasetWindowClosed, Event, TrainingRunEvent, decode, encode
+from stillflow.contracts import (
+    ContractError,
+    DatasetWindowClosed,
+    Event,
+    ModelVersionEvent,
+    TrainingRunEvent,
+    decode,
+    encode,
+)
 from stillflow.dlq import DeadLetterSink, decode_or_letter
 from stillflow.kafka import make_consumer, make_producer, timestamp_ms
 from trainer.data import TrainingData, Watermark, end_offsets, read_topics
@@ -211,6 +223,7 @@ class RetrainConsumer:
         self._sink: DeadLetterSink | None = None
         self._max_offsets: dict[str, int] = {}
         self._retries: list[TrainingRunEvent] = []  # interrupted runs owed their one retry (start() finds them)
+        self._promoted_at: datetime | None = None  # the last promotion by this consumer's runs (this process)
 
     # ---- lifecycle ----
 
@@ -321,7 +334,8 @@ class RetrainConsumer:
             return 0  # a window announced twice (at-least-once): counted once
         self._seen_windows.add(ev.window_id)
         self.state.total += ev.n_sft
-        if not self.state.covered(partition, offset):
+        before_promotion = self._promoted_at is not None and ev.window_end <= self._promoted_at
+        if not self.state.covered(partition, offset) and not before_promotion:
             self.state.pending += ev.n_sft
         if self.metrics is not None:
             self.metrics.windows.inc()
@@ -333,8 +347,10 @@ class RetrainConsumer:
             self.metrics.total_examples.set(self.state.total)
 
     def _should_run(self) -> bool:
-        return (self.state.pending >= self.section.retrain_threshold
-                and self.state.total >= self.section.min_training_examples)
+        need = self.section.retrain_threshold
+        if self._promoted_at is not None and self.section.retrain_after_promotion is not None:
+            need = self.section.retrain_after_promotion
+        return self.state.pending >= need and self.state.total >= self.section.min_training_examples
 
     # ---- a run ----
 
@@ -391,6 +407,8 @@ class RetrainConsumer:
             return
         for ev in outcome.events:
             await self._publish(ev)
+            if isinstance(ev, ModelVersionEvent) and ev.status == "promoted":
+                self._promoted_at = ev.timestamp
         await self._publish(TrainingRunEvent(status="finished", version=outcome.version, metrics=outcome.metrics,
                                              **base))
         self.state.last_run = {**self.state.last_run, "status": "finished", "version": outcome.version,

@@ -193,6 +193,11 @@ class TrainerSection(_Section):
     model_name: str = Field(default="student", pattern=NAME_PATTERN)
     retrain_threshold: int = Field(default=500, ge=1, description="new SFT examples (from window events) per run")
     min_training_examples: int = Field(default=200, ge=1, description="and at least this many in total")
+    retrain_after_promotion: int | None = Field(
+        default=None, ge=1,
+        description="after a run that promoted a version: the next run waits for this many new examples from "
+                    "windows that closed after the promotion (the new student's traffic and its teacher fallbacks); "
+                    "unset: retrain_threshold of them")
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of task ids held out")
     holdout_families: tuple[str, ...] = Field(
         default=(), description="task families held out whole (distribution shift); needs family labels"
