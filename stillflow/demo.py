@@ -202,7 +202,7 @@ def _service_env(bootstrap: str, out: Path, args: argparse.Namespace) -> dict[st
         # the retrain after a promotion is fed by the new student's traffic and its teacher fallbacks: this many
         # examples from after the switch (about half a minute of traffic) start it
         "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION": os.environ.get(
-            "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION", str(max(20, args.retrain_threshold // 3))),
+            "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION", str(max(20, (args.retrain_threshold or 300) // 3))),
     }
     if getattr(args, "student", "tiny") != "tiny":  # the trainer (and its retrains) train this base with LoRA
         env["STILLFLOW_TRAINER__STUDENT__BASE"] = args.student
