@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from stillflow.bases import BaseError, read_ref, resolve_base
 from stillflow.chatformat import CHATML, TurnFormat, load_turn_format, turn_confidence
-from stillflow.registry import IntegrityError, ModelRegistry, RegistryError, served_workloads
+from stillflow.registry import IntegrityError, ModelRegistry, RegistryError
 from stillflow.slots import SlotCodec, load_format
 
 __all__ = ["LoadRefused", "StudentBusy", "StudentTurn", "StudentModel", "StudentRunner", "load_version"]
@@ -240,7 +240,7 @@ def load_version(registry: ModelRegistry, version: str, *, device: str = "cpu", 
                            path=path, manifest_sha256=sha, device=device, codec=codec, fmt=fmt,
                            base=str(ref["name"]) if ref else None)
     student.shared = shared
-    student.workloads = served_workloads(manifest)
+    student.workloads = registry.served(version)  # the gate's choice, or an operator's at promotion
     try:  # warm up (first-call allocations), and prove it generates before it is swapped in
         student.generate([{"role": "user", "content": "hi"}], None, 1)
     except Exception as exc:

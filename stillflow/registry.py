@@ -111,6 +111,8 @@ class VersionInfo:
     status: str
     live: bool
     manifest: dict[str, Any]
+    # the workloads an operator promoted it for (`promote(workloads=...)`), which replace the gate's
+    served_override: dict[str, float] | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -123,8 +125,15 @@ class VersionInfo:
     @property
     def workloads(self) -> dict[str, float] | None:
         """The workloads this version was promoted for, with their thresholds (None: gated before workloads
-        existed, it serves every workload)."""
-        return served_workloads(self.manifest)
+        existed, it serves every workload). An operator's promotion replaces the gate's choice."""
+        return dict(self.served_override) if self.served_override is not None else served_workloads(self.manifest)
+
+
+def _override(entry: dict[str, Any]) -> dict[str, float] | None:
+    raw = entry.get("workloads")
+    if not isinstance(raw, dict):
+        return None
+    return {str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float))}
 
 
 def served_workloads(manifest: dict[str, Any]) -> dict[str, float] | None:
@@ -206,9 +215,49 @@ class ModelRegistry:
 
     def info(self, version: str) -> VersionInfo:
         state = self._state()
-        return VersionInfo(self.model, version, self.path(version),
-                           state["versions"].get(version, {}).get("status", "candidate"),
-                           state.get("live") == version, self.manifest(version))
+        entry = state["versions"].get(version, {})
+        return VersionInfo(self.model, version, self.path(version), entry.get("status", "candidate"),
+                           state.get("live") == version, self.manifest(version), _override(entry))
+
+    def served(self, version: str) -> dict[str, float] | None:
+        """The workloads `version` serves, each with its threshold (None: every workload, at the version's
+        one threshold): an operator's choice at promotion, else the gate's (the manifest's)."""
+        return self.info(version).workloads
+
+    def evaluated_workloads(self, version: str) -> dict[str, float]:
+        """Every workload `version` was evaluated on, with its calibrated threshold (the eval report's, else
+        the version's overall one, else 1.0: the student answers only when fully confident)."""
+        manifest = self.manifest(version)
+        overall = manifest.get("confidence_threshold")
+        report_path = self.path(version) / "eval_report.json"
+        per: dict[str, Any] = {}
+        if report_path.exists():
+            try:
+                per = json.loads(report_path.read_text(encoding="utf-8")).get("workloads") or {}
+            except (OSError, ValueError):
+                per = {}
+        names = sorted(set(per) | set(manifest.get("workload_verdicts") or {}))
+        out: dict[str, float] = {}
+        for w in names:
+            thr = ((per.get(w) or {}).get("confidence") or {}).get("threshold")
+            out[w] = float(thr if thr is not None else overall if overall is not None else 1.0)
+        return out
+
+    def _operator_workloads(self, version: str, workloads: list[str] | None) -> dict[str, float] | None:
+        """What an operator's promotion serves: the named workloads (each must have been evaluated); with
+        none named, the gate's choice, or, for a version the gate promoted for no workload, every workload
+        it was evaluated on (the operator overrides the gate). None: keep the gate's choice."""
+        evaluated = self.evaluated_workloads(version)
+        if workloads:
+            unknown = sorted(set(workloads) - set(evaluated))
+            if unknown:
+                raise RegistryError(f"{self.model} {version} was not evaluated on {', '.join(unknown)} "
+                                    f"(evaluated: {', '.join(evaluated) or 'no workload'})")
+            return {w: evaluated[w] for w in sorted(set(workloads))}
+        gate = served_workloads(self.manifest(version))
+        if gate is not None and not gate and evaluated:
+            return evaluated
+        return None
 
     def list(self) -> list[VersionInfo]:
         return [self.info(v) for v in self.versions()]
@@ -333,20 +382,31 @@ class ModelRegistry:
             confidence_threshold=manifest.get("confidence_threshold"),
             metrics=metrics,
             reasons=list(reasons or []),
-            workloads=served_workloads(manifest) or {},
+            workloads=self.served(version) or {},
             workload_verdicts={str(k): str(v) for k, v in (manifest.get("workload_verdicts") or {}).items()},
         )
 
-    def promote(self, version: str, *, reason: str | None = None) -> ModelVersionEvent:
-        """Make `version` live (verified first). The event's `previous_version` is the one it replaces."""
+    def promote(self, version: str, *, reason: str | None = None, workloads: list[str] | None = None,
+                operator: bool = False) -> ModelVersionEvent:
+        """Make `version` live (verified first). The event's `previous_version` is the one it replaces.
+
+        `operator=True` (`stillflow models promote`): a person overrides the gate, and chooses what it
+        serves: `workloads` (each one evaluated), or by default what the gate promoted it for, or every
+        evaluated workload when the gate promoted it for none."""
+        if workloads and not operator:
+            raise RegistryError("only an operator's promotion names workloads; the gate's are in the manifest")
         with self._locked():
             self.verify(version)
             state = self._state()
             previous = state.get("live")
             if previous == version:
                 raise RegistryError(f"{self.model} {version} is already live")
+            chosen = self._operator_workloads(version, workloads) if operator else None
             state["live"] = version
-            self._record(state, version, "promoted", previous=previous, reason=reason)
+            extra: dict[str, Any] = {"workloads": chosen} if chosen is not None else {}
+            self._record(state, version, "promoted", previous=previous, reason=reason, **extra)
+            if chosen is not None:
+                state["versions"][version]["workloads"] = chosen
             self._save_state(state)
         return self._event(version, "promoted", previous=previous, reasons=[reason] if reason else [])
 

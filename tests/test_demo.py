@@ -4,7 +4,8 @@ The whole flywheel on the session broker (topics of its own): fleet → router �
 (a tiny student, seconds per run) → a version in the registry → promoted → the router switches → a
 student phase → the report. A student trained for two steps never passes the gate, so the test plays
 the operator once the trainer has registered (and rejected) v0001: `stillflow models promote v0001`,
-the same `promoted` event the trainer publishes when its gate passes. The figures of the report are
+the same `promoted` event the trainer publishes when its gate passes; it serves every workload v0001 was
+evaluated on (the two families the test runs). The figures of the report are
 the unit tests' business (tests/test_demo_report.py); here: the phases are read from what really
 happened, and every file of the report is written.
 """
@@ -52,7 +53,8 @@ def test_demo_runs_the_flywheel_through_the_router_and_reports_its_phases(broker
     cmd = [sys.executable, "-m", "stillflow.cli", "demo", "--out", str(out), "--trainer-profile", "settings",
            "--teacher-phase-s", "100", "--student-phase-s", "12", "--retrain-wait-s", "0", "--final-phase-s", "5",
            "--max-seconds", "150", "--rate", "4", "--window", "3", "--retrain-threshold", "20",
-           "--teacher-latency-ms", "50", "--teacher-jitter-ms", "10", "--progress-interval", "3"]
+           "--teacher-latency-ms", "50", "--teacher-jitter-ms", "10", "--progress-interval", "3",
+           "--families", "lookup,recovery"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=die_with_parent)
     try:
@@ -88,9 +90,12 @@ def test_demo_runs_the_flywheel_through_the_router_and_reports_its_phases(broker
     assert promoted[0]["version"] == "v0001" and promoted[0]["live_s"] == student["start_s"]
     assert promoted[0]["switch_seconds"] >= 0
     checks = {c["name"]: c for c in report["checks"]}
-    assert set(checks) == {"promoted_student", "student_share_last_phase", "task_success_vs_teacher",
-                           "cost_per_task_down"}
-    assert checks["promoted_student"]["result"] == "PASS"
+    assert set(checks) == {"promoted_workload", "student_share_last_phase", "task_success_vs_teacher",
+                           "cost_per_task_down", "flywheel_turns_again"}
+    assert checks["promoted_workload"]["result"] == "PASS"
+    # the operator's promotion of a version the gate rejected serves every workload it was evaluated on
+    assert set(promoted[0]["workloads"]) == {"lookup", "recovery"}, promoted[0]
+    assert "workload_not_served" not in student["reasons"]
     assert report["sweep"]["version"] == "v0001"  # from the registry's eval_report.json
     assert report["totals"]["scored"] > 0 and report["totals"]["sft_examples"] >= 20
 

@@ -111,3 +111,46 @@ def test_a_half_written_version_of_a_killed_writer_is_never_listed_and_is_cleane
     assert info.version == "v0002" and reg.versions() == ["v0001", "v0002"]
     assert not [p for p in reg.dir.iterdir() if p.name.startswith(".tmp-")]
     reg.verify("v0002")
+
+
+def _register_per_workload(reg: ModelRegistry, tmp_path: Path, tag: str, promoted: dict[str, float]):
+    """A version gated per workload: evaluated on lookup (threshold 0.6) and search (0.9), promoted for `promoted`."""
+    report = {"quality_ratio": 0.8, "workloads": {"lookup": {"confidence": {"threshold": 0.6}},
+                                                  "search": {"confidence": {"threshold": 0.9}}}}
+    verdicts = {w: "promoted" if w in promoted else "rejected" for w in ("lookup", "search")}
+    return reg.register(_model_dir(tmp_path, tag), metrics={"quality_ratio": 0.8}, confidence_threshold=0.7,
+                        documents={"eval_report.json": report},
+                        extra={"workloads": promoted, "workload_verdicts": verdicts})
+
+
+def test_an_operator_promotion_chooses_the_workloads_a_version_serves(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg", "student")
+    info, _ = _register_per_workload(reg, tmp_path, "a", {})  # the gate promoted it for no workload
+    assert info.workloads == {}
+    reg.reject(info.version, ["no workload passed the gate"])
+    # the gate's promotion keeps the gate's choice (none): an operator's serves every evaluated workload
+    event = reg.promote(info.version, reason="the operator", operator=True)
+    assert event.workloads == {"lookup": 0.6, "search": 0.9}
+    assert reg.served(info.version) == {"lookup": 0.6, "search": 0.9} == reg.info(info.version).workloads
+    assert reg.history()[-1]["workloads"] == {"lookup": 0.6, "search": 0.9}
+
+    b, _ = _register_per_workload(reg, tmp_path, "b", {"lookup": 0.6})
+    event = reg.promote(b.version, reason="the operator", operator=True, workloads=["search"])
+    assert event.workloads == {"search": 0.9} and reg.served(b.version) == {"search": 0.9}
+    # a rollback makes the earlier version live again with what it served
+    back = reg.rollback(reason="test")
+    assert back.previous_version == info.version and reg.served(info.version) == {"lookup": 0.6, "search": 0.9}
+
+    c, _ = _register_per_workload(reg, tmp_path, "c", {"lookup": 0.6})
+    with pytest.raises(RegistryError, match="not evaluated on billing .*evaluated: lookup, search"):
+        reg.promote(c.version, operator=True, workloads=["billing"])
+    with pytest.raises(RegistryError, match="only an operator"):
+        reg.promote(c.version, workloads=["lookup"])
+    assert reg.promote(c.version, operator=True).workloads == {"lookup": 0.6}  # the gate's choice stands
+
+
+def test_a_version_gated_before_workloads_serves_every_workload(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg", "student")
+    info, _ = _register(reg, tmp_path, "a")
+    reg.promote(info.version, operator=True)
+    assert reg.served(info.version) is None and reg.evaluated_workloads(info.version) == {}

@@ -264,6 +264,8 @@ def _row(info: Any) -> dict[str, Any]:
         "quality_ratio": metrics.get("quality_ratio"),
         "failure_rate": metrics.get("failure_rate"),
         "confidence_threshold": m.get("confidence_threshold"),
+        # what it serves (None: every workload): the gate's choice, or an operator's at promotion
+        "workloads": info.workloads,
     }
 
 
@@ -285,12 +287,13 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(f"no versions of {reg.model} in {reg.root.resolve()}")
                 return 0
             print(f"{'version':<9} {'status':<12} {'live':<5} {'quality':>8} {'failures':>9} {'threshold':>10}  "
-                  f"{'parent':<8} created")
+                  f"{'parent':<8} {'created':<32} serves")
             for r in rows:
                 live = "*" if r["live"] else ""
+                serves = "every workload" if r["workloads"] is None else ",".join(r["workloads"]) or "-"
                 print(f"{r['version']:<9} {r['status']:<12} {live:<5} {_fmt(r['quality_ratio']):>8} "
                       f"{_fmt(r['failure_rate'], '.1%'):>9} {_fmt(r['confidence_threshold']):>10}  "
-                      f"{r['parent'] or '-':<8} {r['created_at']}")
+                      f"{r['parent'] or '-':<8} {str(r['created_at']):<32} {serves}")
             return 0
         if args.action == "show":
             version = args.version or reg.live()
@@ -330,13 +333,19 @@ def cmd_models(args: argparse.Namespace) -> int:
                              "STILLFLOW_KAFKA__BOOTSTRAP_SERVERS or pass --bootstrap; or pass --offline to change "
                              "the registry only")
         if args.action == "promote":
-            event = reg.promote(args.version, reason=args.reason or "promoted by an operator")
+            names = [w.strip() for w in (args.workload or "").split(",") if w.strip()] or None
+            event = reg.promote(args.version, reason=args.reason or "promoted by an operator", workloads=names,
+                                operator=True)
         else:
             event = reg.rollback(args.to, reason=args.reason or "rolled back by an operator")
         if broker is not None:
             asyncio.run(_publish(broker, [event]))
-        print(json.dumps({"event": event.status, "version": event.version, "previous_version": event.previous_version,
-                          "published": broker is not None}, indent=2))
+        out = {"event": event.status, "version": event.version, "previous_version": event.previous_version,
+               "published": broker is not None}
+        if args.action == "promote":
+            out["workloads"] = dict(event.workloads) or ("every workload" if reg.served(event.version) is None
+                                                         else {})
+        print(json.dumps(out, indent=2))
         return 0
     except IntegrityError as exc:
         raise _cli_error(str(exc)) from None
@@ -457,6 +466,10 @@ def register(subparsers: Any) -> None:
     _common(a)
     a = actions.add_parser("promote", help="make a version live (verified) and announce it")
     a.add_argument("version")
+    a.add_argument("--workload", default=None, metavar="A,B",
+                   help="the workloads it serves, each at its calibrated threshold (default: the ones the gate "
+                        "promoted it for; for a version the gate promoted for none, every workload it was "
+                        "evaluated on)")
     _change_flags(a)
     a = actions.add_parser("rollback", help="take the live version out, make the previous one live again")
     a.add_argument("--to", default=None, help="the version to make live (default: the one live before)")
@@ -465,7 +478,7 @@ def register(subparsers: Any) -> None:
     a.add_argument("version", nargs="?", default=None, help="default: the live version")
     a.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     _common(a)
-    p.set_defaults(func=cmd_models, json=False, version=None, to=None, reason=None, offline=False)
+    p.set_defaults(func=cmd_models, json=False, version=None, to=None, reason=None, offline=False, workload=None)
 
     p = subparsers.add_parser("bases", help="named pretrained bases for --base: list, install (convert once)")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
