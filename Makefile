@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stillflow-installed
 # torch first, pinned: 2.13.0 is the CPU build on local disk; any other version pulls CUDA wheels.
 TORCH  := torch==2.13.0
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 # The full flywheel (at most 15 minutes on 2 cores); DEMO_ARGS=--quick for the 5-minute run.
 DEMO_ARGS ?=
 

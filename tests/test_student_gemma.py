@@ -57,7 +57,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, sim_rows: list[dict[str, A
     student = make_student([], section, progress=lambda msg: None)
     assert student.fmt.template == "stillflow-gemma" and student.lora and student.base is not None
     before = {n: p.detach().clone() for n, p in student.model.named_parameters() if "lora_B" in n}
-    sft = SFTSection(max_steps=16, min_steps=0, batch_size=2, learning_rate=2e-3, augment_copies=0,
+    sft = SFTSection(max_steps=6,  # ~18 s a step on 2 cores; the loss falls below 30% of its start by step 4
+                      min_steps=0, batch_size=2, learning_rate=2e-3, augment_copies=0,
                      logging_steps=1, warmup_ratio=0.0, max_length=1024)
     out = tmp_path_factory.mktemp("gemma") / "sft"
     result = run_sft(student, student.encode_rows(sim_rows), sft, out, progress=False)
@@ -70,7 +71,7 @@ def test_lora_training_learns_and_saves_an_adapter_naming_its_base(trained: dict
 
     result = trained["result"]
     losses = [entry["loss"] for entry in result.losses]
-    assert result.steps == 16 and len(losses) >= 8
+    assert result.steps == 6 and len(losses) >= 6
     assert min(losses[-3:]) < losses[0] * 0.7, losses  # the loss goes down
     assert trained["changed"] == trained["n_adapters"] > 0  # every adapter's B matrix moved off zero
     files = {f.name for f in result.checkpoint.iterdir()}
