@@ -129,13 +129,6 @@ class VersionInfo:
         return dict(self.served_override) if self.served_override is not None else served_workloads(self.manifest)
 
 
-def _override(entry: dict[str, Any]) -> dict[str, float] | None:
-    raw = entry.get("workloads")
-    if not isinstance(raw, dict):
-        return None
-    return {str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float))}
-
-
 def served_workloads(manifest: dict[str, Any]) -> dict[str, float] | None:
     """A manifest's `workloads` (name → calibrated confidence threshold), None when it has none (a version
     registered before workloads: it serves every workload at its one threshold)."""
@@ -217,7 +210,8 @@ class ModelRegistry:
         state = self._state()
         entry = state["versions"].get(version, {})
         return VersionInfo(self.model, version, self.path(version), entry.get("status", "candidate"),
-                           state.get("live") == version, self.manifest(version), _override(entry))
+                           state.get("live") == version, self.manifest(version),
+                           served_workloads(entry))  # an operator's choice: state.json, same shape
 
     def served(self, version: str) -> dict[str, float] | None:
         """The workloads `version` serves, each with its threshold (None: every workload, at the version's

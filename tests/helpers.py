@@ -153,8 +153,8 @@ def docker_engine_problem() -> str | None:
 def as_scored(trace: AgentTrace) -> AgentTrace:
     """The trace as the streams worker publishes it on the scored topic: its workload named (the default
     setting's, from the agent id, when it sends none) and redacted (`streams.redact_scored`)."""
-    from streams.pii import default_redactor
     from stillflow.workloads import resolve_workload
+    from streams.pii import default_redactor
 
     if trace.workload is None:
         trace = trace.model_copy(update={"workload": resolve_workload(None, trace.agent_id)})

@@ -293,7 +293,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 serves = "every workload" if r["workloads"] is None else ",".join(r["workloads"]) or "-"
                 print(f"{r['version']:<9} {r['status']:<12} {live:<5} {_fmt(r['quality_ratio']):>8} "
                       f"{_fmt(r['failure_rate'], '.1%'):>9} {_fmt(r['confidence_threshold']):>10}  "
-                      f"{r['parent'] or '-':<8} {str(r['created_at']):<32} {serves}")
+                      f"{r['parent'] or '-':<8} {r['created_at']!s:<32} {serves}")
             return 0
         if args.action == "show":
             version = args.version or reg.live()
@@ -343,8 +343,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         out = {"event": event.status, "version": event.version, "previous_version": event.previous_version,
                "published": broker is not None}
         if args.action == "promote":
-            out["workloads"] = dict(event.workloads) or ("every workload" if reg.served(event.version) is None
-                                                         else {})
+            served = reg.served(event.version)
+            out["workloads"] = "every workload" if served is None else served
         print(json.dumps(out, indent=2))
         return 0
     except IntegrityError as exc:
