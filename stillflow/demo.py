@@ -169,6 +169,8 @@ def _defaults(args: argparse.Namespace) -> None:
         args.min_examples = args.retrain_threshold
     if args.sft_steps is None and getattr(args, "student", "tiny") == "tiny":
         args.sft_steps = 800 if args.quick else 1600  # a pretrained student: its own profile's steps
+    if getattr(args, "warm_start_steps", None) is None:
+        args.warm_start_steps = 200 if args.quick else 400
     if args.gate_scope is None:
         args.gate_scope = os.environ.get("STILLFLOW_TRAINER__GATE__SCOPE", "routed")
 
@@ -204,6 +206,12 @@ def _service_env(bootstrap: str, out: Path, args: argparse.Namespace) -> dict[st
         "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION": os.environ.get(
             "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION", str(max(20, (args.retrain_threshold or 300) // 3))),
     }
+    if getattr(args, "warm_start_steps", None):
+        # a retrain trains the latest version further on all the data so far (the first run trains from scratch):
+        # the flywheel's second turn costs a fraction of the first
+        env["STILLFLOW_TRAINER__WARM_START"] = os.environ.get("STILLFLOW_TRAINER__WARM_START", "latest")
+        env["STILLFLOW_TRAINER__WARM_START_SFT_STEPS"] = os.environ.get("STILLFLOW_TRAINER__WARM_START_SFT_STEPS",
+                                                                      str(args.warm_start_steps))
     if getattr(args, "student", "tiny") != "tiny":  # the trainer (and its retrains) train this base with LoRA
         env["STILLFLOW_TRAINER__STUDENT__BASE"] = args.student
         env["STILLFLOW_TRAINER__STUDENT__LORA__ENABLED"] = "true"
@@ -334,7 +342,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         "fleet_agents": args.agents, "task_pool": args.task_pool, "teacher_latency_ms": args.teacher_latency_ms,
         "teacher_jitter_ms": args.teacher_jitter_ms, "window_s": args.window,
         "retrain_threshold": args.retrain_threshold, "min_examples": args.min_examples,
-        "trainer_profile": args.trainer_profile, "sft_steps": args.sft_steps, "families": args.families,
+        "trainer_profile": args.trainer_profile, "sft_steps": args.sft_steps,
+        "warm_start_sft_steps": args.warm_start_steps, "families": args.families,
         "student": getattr(args, "student", "tiny"),
         **_gate_settings(args.gate_scope), "out": str(out),
     }
@@ -527,6 +536,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "device: x10 on CPU)")
     f.add_argument("--sft-steps", type=positive_int, default=None,
                    help="SFT steps with the quick profile (quick 800, full 1600)")
+    f.add_argument("--warm-start-steps", type=int, default=None,
+                   help="SFT steps of a retrain, which trains the latest version further (quick 200, full 400; 0: "
+                        "every run trains a new student)")
     f.add_argument("--gate-scope", choices=("all", "routed"), default=None,
                    help="what the promotion gate judges: every held-out task, or those the router would send to "
                         "the student (default routed, or STILLFLOW_TRAINER__GATE__SCOPE)")

@@ -107,3 +107,23 @@ def test_a_pretrained_student_scales_the_budgets_and_trains_that_base(tmp_path: 
     assert env["STILLFLOW_TRAINER__STUDENT__LORA__ENABLED"] == "true"
     assert "STILLFLOW_TRAINER__STUDENT__BASE" not in _service_env("127.0.0.1:9092", tmp_path,
                                                                   build_parser().parse_args(["demo"]))
+
+
+def test_retrains_train_the_latest_version_further_unless_told_not_to(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STILLFLOW_TRAINER__WARM_START", raising=False)
+    monkeypatch.delenv("STILLFLOW_TRAINER__WARM_START_SFT_STEPS", raising=False)
+
+    def env_of(*argv: str) -> dict[str, str]:
+        args = build_parser().parse_args(["demo", *argv])
+        _defaults(args)
+        return _service_env("127.0.0.1:9092", tmp_path, args)
+
+    full, quick = env_of(), env_of("--quick")
+    assert full["STILLFLOW_TRAINER__WARM_START"] == quick["STILLFLOW_TRAINER__WARM_START"] == "latest"
+    assert (full["STILLFLOW_TRAINER__WARM_START_SFT_STEPS"], quick["STILLFLOW_TRAINER__WARM_START_SFT_STEPS"]) == \
+        ("400", "200")
+    assert env_of("--warm-start-steps", "150")["STILLFLOW_TRAINER__WARM_START_SFT_STEPS"] == "150"
+    assert "STILLFLOW_TRAINER__WARM_START" not in env_of("--warm-start-steps", "0")
+    monkeypatch.setenv("STILLFLOW_TRAINER__WARM_START", "live")  # the environment wins
+    assert env_of()["STILLFLOW_TRAINER__WARM_START"] == "live"

@@ -105,7 +105,7 @@ class TrainingJob:
         from trainer.dpo import run_dpo
         from trainer.evaluate import DistillationEvaluator, StudentRuntime
         from trainer.sft import StageResult, run_sft
-        from trainer.student import make_student, pick_device
+        from trainer.student import make_student, pick_device, resume_student
         from trainer.warmup import copy_warmup
 
         s = self.section
@@ -139,14 +139,22 @@ class TrainingJob:
         work.mkdir(parents=True, exist_ok=True)
         try:
             t0 = time.perf_counter()
-            conversations = [{"messages": r["messages"], "tools": json.loads(r["tools"])} for r in train_rows]
-            student = make_student(conversations, s.student, seed=s.seed, progress=self.echo)
+            parent = self._warm_start_parent(run_id)
+            if parent is not None:
+                student = resume_student(self.registry.path(parent), device,
+                                         source=(self.registry.manifest(parent).get("student") or {}).get("source"))
+                self.echo(f"[{run_id}] warm start from {parent}")
+            else:
+                conversations = [{"messages": r["messages"], "tools": json.loads(r["tools"])} for r in train_rows]
+                student = make_student(conversations, s.student, seed=s.seed, progress=self.echo)
             student.model.to(device)
             self.echo(f"[{run_id}] student: {student.describe()}")
             train_rows = student.encode_rows(train_rows)
             stages["student"] = time.perf_counter() - t0
             warm = StageResult("copy_warmup", None, skipped="pretrained student")
-            if student.codec is not None:
+            if parent is not None:
+                warm = StageResult("copy_warmup", None, skipped=f"warm start from {parent}")
+            elif student.codec is not None:
                 # measured: with value slots the synthetic recall stage only raised the SFT loss (1.77 vs 0.83)
                 warm = StageResult("copy_warmup", None, skipped="value slots: a copy is one slot token")
             elif not (s.student.pretrained or s.student.base):
@@ -156,8 +164,11 @@ class TrainingJob:
                 self.echo(f"[{run_id}] copy warm-up: {warm.steps} steps in {warm.seconds:.0f} s, loss "
                           f"{warm.first_loss} → {warm.final_loss}")
 
-            sft = run_sft(student, train_rows, s.sft, work / "sft", device=device, seed=s.seed, precision=s.precision,
-                          progress=self.progress)
+            sft_section = s.sft
+            if parent is not None and s.warm_start_sft_steps is not None:
+                sft_section = s.sft.model_copy(update={"max_steps": s.warm_start_sft_steps})
+            sft = run_sft(student, train_rows, sft_section, work / "sft", device=device, seed=s.seed,
+                          precision=s.precision, progress=self.progress)
             stages["sft"] = sft.seconds
             self.echo(f"[{run_id}] SFT: {sft.steps} steps in {sft.seconds:.0f} s, "
                       f"loss {sft.first_loss} → {sft.final_loss}")
@@ -198,6 +209,7 @@ class TrainingJob:
                 "sft": sft.summary(),
                 "dpo": dpo.summary(),
                 "general_rows": len(general),
+                "warm_start": {"from": parent, "sft_steps": sft.steps} if parent is not None else None,
                 "settings": json.loads(s.model_dump_json()),
             }
             save_format(final_dir, student.codec)  # the router encodes requests the same way
@@ -218,6 +230,7 @@ class TrainingJob:
                     "data": {"source": data.source, "counts": manifest_data["counts"],
                              "sha256": manifest_data["sha256"]},
                     "student": student.describe(),
+                    **({"warm_start_from": parent} if parent is not None else {}),
                     **({"workloads": decision.thresholds, "workload_verdicts": decision.verdicts}
                        if decision.workloads else {}),
                 },
@@ -254,6 +267,30 @@ class TrainingJob:
                       f"{(sub.get('confidence') or {}).get('threshold')})")
         return JobResult(run_id, info.version, decision.status, decision, report_dict, metrics,
                          self.registry.path(info.version), seconds, stages, events)
+
+    def _warm_start_parent(self, run_id: str) -> str | None:
+        """The version this run trains on further (`warm_start`), or None: off, no version to start from,
+        or one whose student is not the settings' (the reason is logged)."""
+        mode = self.section.warm_start
+        if mode == "off":
+            return None
+        versions = self.registry.versions()
+        parent = self.registry.live() if mode == "live" else (versions[-1] if versions else None)
+        if parent is None:
+            self.echo(f"[{run_id}] warm start ({mode}): no version yet, a new student")
+            return None
+        try:
+            recorded = self.registry.manifest(parent).get("student")
+        except Exception as exc:  # an unreadable version: start afresh rather than fail the run
+            self.echo(f"[{run_id}] warm start from {parent} skipped: {exc}")
+            return None
+        from trainer.student import warm_start_mismatch
+
+        why = warm_start_mismatch(recorded, self.section.student)
+        if why is not None:
+            self.echo(f"[{run_id}] warm start from {parent} skipped: {why}; a new student")
+            return None
+        return parent
 
     def _decide(self, report: Any) -> GateDecision:
         """The gate per workload, against what the live version serves (its regressions are named)."""

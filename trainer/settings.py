@@ -198,6 +198,14 @@ class TrainerSection(_Section):
         description="after a run that promoted a version: the next run waits for this many new examples from "
                     "windows that closed after the promotion (the new student's traffic and its teacher fallbacks); "
                     "unset: retrain_threshold of them")
+    warm_start: Literal["off", "live", "latest"] = Field(
+        default="off",
+        description="start each run from a registered version's weights and tokenizer instead of a new student: "
+                    "`live` the promoted one, `latest` the newest registered (promoted or not: a rejected version "
+                    "was still trained); skipped, with the reason logged, when there is none or its student is "
+                    "not the one the settings describe (architecture, size, base, LoRA, value slots)")
+    warm_start_sft_steps: int | None = Field(
+        default=None, ge=1, description="SFT steps of a warm-started run (unset: the sft section's)")
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of task ids held out")
     holdout_families: tuple[str, ...] = Field(
         default=(), description="task families held out whole (distribution shift); needs family labels"

@@ -12,7 +12,9 @@ Exports
   pretrained directory (`section.pretrained`);
 - `apply_lora(model, lora)` (peft) and `merge_lora(model)`;
 - `pick_device(setting)`: "auto" → cuda, else mps, else cpu;
-- `load_student(path, device)`: a saved student (a registry version or a checkpoint) for inference.
+- `load_student(path, device)`: a saved student (a registry version or a checkpoint) for inference;
+- `resume_student(path, device)` and `warm_start_mismatch(recorded, section)`: a registered version to train
+  on further (the trainer's `warm_start`), and why one cannot be.
 
 Heavy imports (torch, transformers, peft) happen inside the functions.
 """
@@ -40,6 +42,8 @@ __all__ = [
     "merge_lora",
     "pick_device",
     "load_student",
+    "resume_student",
+    "warm_start_mismatch",
     "count_parameters",
 ]
 
@@ -253,6 +257,62 @@ def merge_lora(model: Any) -> Any:
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
+
+
+def warm_start_mismatch(recorded: dict[str, Any] | None, section: StudentSection) -> str | None:
+    """Why a version whose student is `recorded` (its manifest's `student`, `Student.describe()`) cannot be
+    trained on as the student `section` describes; None when it can."""
+    if not recorded:
+        return "its manifest does not describe its student"
+    base = (recorded.get("base") or {}).get("name")
+    want_lora = bool(section.lora.enabled)
+    if section.base or section.pretrained:
+        want = section.base or section.pretrained
+        have = base or recorded.get("source")
+        if have != want:
+            return f"it was trained from {have!r}, the settings name {want!r}"
+        if bool(recorded.get("lora")) != want_lora:
+            return f"it was trained {'with' if recorded.get('lora') else 'without'} LoRA, the settings say otherwise"
+        return None
+    if base or not str(recorded.get("source", "")).startswith("tiny:"):
+        return f"it was trained from {base or recorded.get('source')!r}, the settings describe a tiny student"
+    checks = {"arch": section.arch, "hidden_size": section.hidden_size, "num_layers": section.num_layers,
+              "value_slots": section.value_slots, "lora": want_lora}
+    for key, want_value in checks.items():
+        if recorded.get(key) != want_value:
+            return f"its {key} is {recorded.get(key)!r}, the settings' {want_value!r}"
+    return None
+
+
+def resume_student(path: str | Path, device: str = "cpu", *, source: str | None = None) -> Student:
+    """A registered version as a student to train on (warm start): its weights, tokenizer, value slots and
+    turn format; a LoRA version keeps its base and trains its own adapter further. `source`: what the
+    version's manifest says it was trained from (`describe()["source"]`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stillflow.bases import read_ref, resolve_base
+
+    path = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    ref = read_ref(path)
+    home: Path | None = None
+    if ref is not None:
+        from peft import PeftModel
+
+        home = resolve_base(ref)
+        base = AutoModelForCausalLM.from_pretrained(str(home), local_files_only=True, use_safetensors=True)
+        model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
+        source = source or str(ref["name"])
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        source = source or f"tiny:{getattr(model.config, 'model_type', 'llama')}"
+    model.to(device)
+    model.train()
+    fmt = load_turn_format(path)
+    if not source.startswith("tiny:") and getattr(tokenizer, "response_template", None) is None:
+        tokenizer.response_template = fmt.response_template()  # as pretrained_student sets it
+    return Student(model, tokenizer, source, lora=ref is not None, codec=load_format(path), fmt=fmt, base=ref,
+                   home=home)
 
 
 def load_student(path: str | Path, device: str = "cpu") -> Student:
