@@ -162,3 +162,21 @@ def test_offline_replay_next_action_agreement() -> None:
     out = offline_replay(Echo(), records, Scorer())
     assert out["conversations"] == len(records) and out["next_action_agreement"] == 1.0
     assert out["failure_rate"] == 0.0 and out["tool_agreement"] == 1.0
+
+
+def test_data_without_workload_or_family_is_evaluated_on_the_environments_tasks() -> None:
+    from trainer.data import SFTRecord, TrainingData, split_data
+
+    env = SimEvalEnvironment()
+    tasks = env.sample_tasks(30, seed=3)
+    recs = [SFTRecord(id=f"r{i}", task_id=None, messages=[{"role": "system", "content": "s"},
+                                                          {"role": "user", "content": t.question},
+                                                          {"role": "assistant", "content": "a"}], tools=[])
+            for i, t in enumerate(tasks)]
+    split = split_data(TrainingData(sft=recs, pairs=[], source="test"), 0.2)
+    ev = DistillationEvaluator(StillflowSettings(), EvalSection(tasks=8, offline_examples=0), GateSection(), env=env)
+    chosen, origin = ev.pick_tasks(split)
+    assert len(chosen) == 8 and origin["per_workload"] == {"default": 8}
+    assert set(ev.task_workloads.values()) == {"default"}
+    train_questions = {r.messages[1]["content"] for r in split.train_sft}
+    assert not {t.question for t in chosen} & train_questions  # never a training question

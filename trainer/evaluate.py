@@ -803,6 +803,10 @@ class DistillationEvaluator:
                 fams = ({w} & env_families) or ({r.family for r in records if r.job == w and r.family} & env_families)
                 if not fams and split.holdout_families:
                     fams = set(split.holdout_families) & env_families
+                if not fams and w == DEFAULT_WORKLOAD:
+                    # data that names neither its job nor its family (a trl export of traces recorded before
+                    # workloads): any of the environment's tasks, as before workloads existed
+                    fams = env_families
                 if fams:
                     extra = self.env.sample_tasks(n - len(mine), seed=self.section.seed, families=sorted(fams),
                                                   exclude=exclude | seen)
