@@ -349,8 +349,9 @@ class RouterService:
         self.sink.decision(RouteDecision(
             trace_id=trace_id, request_id=request_id, served_by=served.headers.get(HEADER_SERVED_BY, "none"),
             student_version=model.version, confidence=res.confidence, threshold=threshold, reason="shadow",
-            shadow=True, canary=bool(decision.get("canary")), workload=decision.get("workload"), would_serve=model.version if confident else "teacher",
-            agrees=agrees, error=res.error or decision.get("error"), latency_seconds=time.perf_counter() - t0))
+            shadow=True, canary=bool(decision.get("canary")), workload=decision.get("workload"),
+            would_serve=model.version if confident else "teacher", agrees=agrees,
+            error=res.error or decision.get("error"), latency_seconds=time.perf_counter() - t0))
 
     def _track(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

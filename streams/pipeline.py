@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from stillflow.contracts import AgentTrace, ScoredTrace, SFTExample
-from stillflow.workloads import DEFAULT_TEMPLATE, resolve_workload
 from stillflow.quality import (
     Assessment,
     QualitySettings,
@@ -24,6 +23,7 @@ from stillflow.quality import (
     Verdict,
     to_scored_trace,
 )
+from stillflow.workloads import DEFAULT_TEMPLATE, resolve_workload
 from streams.formatting import FormatError, to_sft_example, tools_for, trace_to_messages
 from streams.pairs import PairCandidate, candidate_from
 from streams.pii import Redactor, default_redactor
