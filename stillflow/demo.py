@@ -453,7 +453,7 @@ def _advice(kept: dict[str, list[Any]], cost: CostModel) -> dict[str, Any] | Non
         advice = advise_from_events(kept["scored"], kept["decisions"], cost=cost)
     except AdviseError as exc:
         return {"error": str(exc)}
-    return {"report": advice.to_dict(), "markdown": render_markdown(advice, heading="###")}
+    return {"report": advice.to_dict(), "markdown": render_markdown(advice, heading="##")}
 
 
 def _summary(report: dict[str, Any]) -> str:

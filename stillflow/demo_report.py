@@ -587,8 +587,10 @@ def render_markdown(r: dict[str, Any]) -> str:
                              f"{_fmt_usd(p['cost_per_task_usd'])} |")
     advice = r.get("advise")
     if advice:
-        L += ["", "## Which workloads are worth distilling (`stillflow advise` on the demo's events)", ""]
-        L += [advice.get("markdown") or f"Not available: {advice.get('error')}"]
+        if advice.get("markdown"):  # its own "## Which workloads are worth distilling" section
+            L += ["", advice["markdown"], "", "(`stillflow advise` on the demo's events.)"]
+        else:
+            L += ["", "## Which workloads are worth distilling", "", f"Not available: {advice.get('error')}"]
     L += ["", "## Gate rejections (scored traces)", "", "| gate | traces |", "| --- | --- |"]
     L += [f"| {g} | {n} |" for g, n in r["gate_rejections"].items()] or ["| (none) | 0 |"]
     cm = r["cost_model"]
