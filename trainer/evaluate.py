@@ -71,6 +71,7 @@ __all__ = [
     "episode_confidence",
     "Episode",
     "run_student_episode",
+    "run_student_episodes",
     "failure_kinds",
     "ScoredEpisode",
     "score_episode",
@@ -160,6 +161,49 @@ class StudentRuntime:
                           time.perf_counter() - t0)
 
 
+    def generate_batch(self, requests: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]],
+                       max_new_tokens: int = 160) -> list[Generation]:
+        """One turn for each (messages, tools), generated together (greedy, left-padded, one KV cache): the
+        evaluation's episodes advance in lockstep. Each gets its own tokens, log-probabilities and stop; its
+        `seconds` is the batch's time shared out (the latency figures stay per turn)."""
+        if len(requests) <= 1:
+            return [self.generate(m, t, max_new_tokens) for m, t in requests]
+        import torch
+
+        t0 = time.perf_counter()
+        encoded: list[list[int]] = []
+        tables: list[dict[str, str]] = []
+        for messages, tools in requests:
+            table: dict[str, str] = {}
+            if self.codec is not None:
+                messages, table = self.codec.encode(messages)
+            encoded.append(self.encode(messages, tools))
+            tables.append(table)
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded], device=self.device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      do_sample=False, eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                                      output_scores=True, return_dict_in_generate=True)
+            new = out.sequences[:, width:]
+            # per step, not one [batch, steps, vocab] tensor: a pretrained student's vocabulary is 262k wide
+            logp = torch.stack([torch.log_softmax(sc.float(), dim=-1).gather(1, new[:, t:t + 1]).squeeze(1)
+                                for t, sc in enumerate(out.scores)], dim=1)
+        share = (time.perf_counter() - t0) / len(requests)
+        stops = set(self.stop_ids)
+        gens: list[Generation] = []
+        for i, ids in enumerate(new.tolist()):
+            end = next((k + 1 for k, tok in enumerate(ids) if tok in stops), None)
+            ids = ids if end is None else ids[:end]  # after its stop a row is padding
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            if self.codec is not None:
+                text = self.codec.decode(text, tables[i])
+            lps = tuple(float(x) for x in logp[i, :len(ids)].tolist())
+            gens.append(Generation(text, len(encoded[i]), len(ids), lps, end is not None, share))
+        return gens
+
+
 # --------------------------------------------------------------------------- the agent loop
 
 
@@ -217,6 +261,93 @@ def run_student_episode(
     workload: str | None = None,
 ) -> Episode:
     """Run the student on one task in the environment; every failure is recorded, never raised."""
+    steps = _episode(runtime, env, task, model_id=model_id, trace_id=trace_id, max_turns=max_turns,
+                     workload=workload)
+    request = next(steps)
+    while True:
+        try:
+            gen: Generation | BaseException = runtime.generate(*request, max_new_tokens)
+        except Exception as exc:  # the student fell over: the episode records it
+            gen = exc
+        try:
+            request = steps.send(gen)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+
+def run_student_episodes(
+    runtime: StudentRuntime,
+    env: EvalEnvironment,
+    tasks: Sequence[EvalTask],
+    *,
+    batch_size: int = 1,
+    model_id: str = "student",
+    trace_ids: Sequence[str | None] | None = None,
+    max_turns: int = 8,
+    max_new_tokens: int = 160,
+    workloads: Sequence[str | None] | None = None,
+    on_done: Callable[[int, Episode], None] | None = None,
+) -> list[Episode]:
+    """`run_student_episode` on every task, `batch_size` episodes at a time in lockstep: each turn of the
+    episodes in flight is generated in one batch (`StudentRuntime.generate_batch`), and a finished episode's
+    place goes to the next task. The same episodes as one by one (greedy), in the order of `tasks`;
+    `on_done(index, episode)` as each ends."""
+    if batch_size <= 1 or not hasattr(runtime, "generate_batch"):
+        out = []
+        for i, task in enumerate(tasks):
+            ep = run_student_episode(runtime, env, task, model_id=model_id,
+                                     trace_id=trace_ids[i] if trace_ids else None, max_turns=max_turns,
+                                     max_new_tokens=max_new_tokens, workload=workloads[i] if workloads else None)
+            if on_done is not None:
+                on_done(i, ep)
+            out.append(ep)
+        return out
+    results: dict[int, Episode] = {}
+    flight: dict[int, tuple[Any, Any]] = {}  # index -> (its generator, its pending request)
+    queue = iter(range(len(tasks)))
+
+    def start_next() -> None:
+        for i in queue:
+            gen = _episode(runtime, env, tasks[i], model_id=model_id, trace_id=trace_ids[i] if trace_ids else None,
+                           max_turns=max_turns, workload=workloads[i] if workloads else None)
+            flight[i] = (gen, next(gen))
+            return
+
+    for _ in range(batch_size):
+        start_next()
+    while flight:
+        order = sorted(flight)
+        try:
+            gens: list[Generation | BaseException] = list(
+                runtime.generate_batch([flight[i][1] for i in order], max_new_tokens))
+        except Exception as exc:  # the batch fell over: each episode in it records the crash
+            gens = [exc] * len(order)
+        for i, g in zip(order, gens, strict=True):
+            steps = flight[i][0]
+            try:
+                flight[i] = (steps, steps.send(g))
+            except StopIteration as stop:
+                del flight[i]
+                results[i] = stop.value
+                if on_done is not None:
+                    on_done(i, stop.value)
+                start_next()
+    return [results[i] for i in range(len(tasks))]
+
+
+def _episode(
+    runtime: Any,
+    env: EvalEnvironment,
+    task: EvalTask,
+    *,
+    model_id: str,
+    trace_id: str | None,
+    max_turns: int,
+    workload: str | None,
+) -> Any:
+    """One episode as a generator: it yields each turn's (messages, tools) and is sent back the
+    `Generation` (or the exception generating it raised); it returns the `Episode`. Whoever drives it
+    decides how turns are generated (one by one, or batched with other episodes)."""
     from stillflow.contracts import utcnow
 
     messages = task_opening(task)
@@ -231,20 +362,21 @@ def run_student_episode(
     final = ""
     done = False
     started = utcnow()
-    t0 = time.perf_counter()
+    wall = 0.0  # the turns' generation time plus the tool calls' (a batched turn counts its share)
     for turn in range(max_turns):
-        try:
-            gen = runtime.generate(messages, tools, max_new_tokens)
-        except Exception as exc:  # the student fell over: a crash, not an evaluator failure
-            error = f"generation failed: {type(exc).__name__}: {exc}"[:500]
+        gen = yield (list(messages), tools)
+        if isinstance(gen, BaseException):  # the student fell over: a crash, not an evaluator failure
+            error = f"generation failed: {type(gen).__name__}: {gen}"[:500]
             break
+        t_env = time.perf_counter()
+        wall += gen.seconds
         n_prompt += gen.prompt_tokens
         n_completion += gen.completion_tokens
         confidences.append(gen.confidence)
         transcript.append({"role": "assistant", "text": gen.text.split(fmt.end_of_turn, 1)[0][:600],
                            "confidence": round(gen.confidence, 4)})
         if not gen.finished:
-            error = f"output cut off at max_new_tokens={max_new_tokens}"
+            error = f"output cut off at max_new_tokens={gen.completion_tokens}"
             break
         try:
             parsed = parse_assistant(gen.text, fmt)
@@ -271,6 +403,7 @@ def run_student_episode(
                                        timestamp=utcnow()))
                 messages.append({"role": "tool", "tool_call_id": cid, "name": call.name, "content": text})
                 transcript.append({"role": "tool", "name": call.name, "text": text[:300]})
+            wall += time.perf_counter() - t_env
         else:
             reasoning, answer = _split_answer(parsed.content)
             if reasoning:
@@ -281,7 +414,6 @@ def run_student_episode(
             break
     if not done and error is None:
         error = f"no final answer after {max_turns} turns"
-    wall = time.perf_counter() - t0
     correct = done and error is None and env.check_answer(task, final)
     trace = AgentTrace(
         trace_id=_safe_id(trace_id or f"student-{task.task_id}", "student"),
@@ -860,23 +992,28 @@ class DistillationEvaluator:
         teachers: list[ScoredEpisode] = []
         from trainer.environment import teacher_trace
 
-        for i, task in enumerate(tasks):
-            workload = self.task_workloads.get(task.task_id) or task.family or DEFAULT_WORKLOAD
-            ep = run_student_episode(runtime, self.env, task, model_id=model_id, trace_id=f"eval-{task.task_id}",
-                                     max_turns=self.section.max_turns, max_new_tokens=self.section.max_new_tokens,
-                                     workload=workload)
+        workloads = [self.task_workloads.get(t.task_id) or t.family or DEFAULT_WORKLOAD for t in tasks]
+        by_index: dict[int, ScoredEpisode] = {}
+
+        def scored(i: int, ep: Episode) -> None:  # as each episode ends (batched: not in task order)
             s = score_episode(self.scorer, self.gates, ep.trace)
             s.confidence = ep.confidence
             s.transcript = ep.transcript
-            students.append(s)
+            by_index[i] = s
+            done = by_index.values()
+            if len(by_index) % 10 == 0 or len(by_index) == len(tasks):
+                self.progress(f"  evaluated {len(by_index)}/{len(tasks)}: student quality "
+                              f"{statistics.fmean(e.overall for e in done):.3f}, failures "
+                              f"{sum(e.failed for e in done)}")
+
+        run_student_episodes(runtime, self.env, tasks, batch_size=self.section.batch_size, model_id=model_id,
+                             trace_ids=[f"eval-{t.task_id}" for t in tasks], max_turns=self.section.max_turns,
+                             max_new_tokens=self.section.max_new_tokens, workloads=workloads, on_done=scored)
+        students.extend(by_index[i] for i in range(len(tasks)))
+        for task, workload in zip(tasks, workloads, strict=True):
             tt = teacher_trace(self.env, task, seed=self.section.seed)
             if tt is not None:
                 teachers.append(score_episode(self.scorer, self.gates, tt.model_copy(update={"workload": workload})))
-            if (i + 1) % 10 == 0 or i + 1 == len(tasks):
-                done = students
-                self.progress(f"  evaluated {i + 1}/{len(tasks)}: student quality "
-                              f"{statistics.fmean(e.overall for e in done):.3f}, failures "
-                              f"{sum(e.failed for e in done)}")
         report.student = _summary(students, source="environment")
         if teachers and len(teachers) == len(students):
             report.teacher = _summary(teachers, source="environment")

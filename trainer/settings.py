@@ -162,6 +162,8 @@ class EvalSection(_Section):
     tasks: int = Field(default=40, ge=1, description="held-out tasks the student runs online, per workload")
     offline_examples: int = Field(default=40, ge=0, description="held-out teacher conversations replayed offline")
     max_turns: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=16, ge=1, description="held-out episodes run in lockstep, each turn of theirs "
+                                                          "generated in one batch (1: one episode at a time)")
     max_new_tokens: int = Field(default=160, ge=8)
     worst: int = Field(default=5, ge=0, description="worst failures listed in the report")
     seed: int = 0
