@@ -48,10 +48,12 @@ class Budgets:
 
     @classmethod
     def full(cls) -> Budgets:
-        """Caps for the whole flywheel on 2 cores: a first student is live in ~5 minutes and the retrain its
-        fallbacks feed is evaluated ~4 minutes later; `max_s` (11 min) is the hard stop, so that a fresh clone's
-        `make demo` (install included) ends within 15 minutes even when nothing goes as planned."""
-        return cls(teacher_phase_s=480, student_phase_s=60, retrain_wait_s=330, final_phase_s=45, max_s=660)
+        """Caps for the whole flywheel on the six-workload mix, 2 cores: the first run starts at ~110 s and a
+        first student is live at ~9 minutes; the retrain its fallbacks feed (a warm start) is evaluated ~3
+        minutes later. Stages end on what happens; these are caps. `max_s` (13 min 20 s) is the hard stop, so
+        that a fresh clone's `make demo` (install included) ends within 15 minutes even when nothing goes as
+        planned."""
+        return cls(teacher_phase_s=600, student_phase_s=45, retrain_wait_s=240, final_phase_s=40, max_s=800)
 
     def with_overrides(self, **values: float | None) -> Budgets:
         given = {k: float(v) for k, v in values.items() if v is not None}

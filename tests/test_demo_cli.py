@@ -31,7 +31,8 @@ def test_quick_demo_plans_the_flywheel_through_the_router(tmp_path: Path) -> Non
     assert "--report-to-router" in fleet and f"http://127.0.0.1:{PORTS['router']}/v1" in fleet
     assert fleet[fleet.index("--task-pool") + 1] == "2000"  # varied training data
     assert float(fleet[fleet.index("--duration") + 1]) > budgets.max_s  # the demo, not the fleet, ends the run
-    assert "--families" not in fleet  # the default: all six families, six workloads
+    # the 5-minute run: the narrow job (a full run's default is all six families, six workloads)
+    assert fleet[fleet.index("--families") + 1] == "lookup,recovery"
     trainer = by["trainer"]
     assert trainer[trainer.index("--eval-tasks") + 1] == "40"  # held-out tasks per workload
     assert "--quick" in trainer and trainer[trainer.index("--sft-steps") + 1] == "800"
@@ -43,6 +44,8 @@ def test_quick_demo_plans_the_flywheel_through_the_router(tmp_path: Path) -> Non
 
 
 def test_full_demo_budgets_and_overrides(tmp_path: Path) -> None:
+    by, _ = _plan(tmp_path=tmp_path)
+    assert "--families" not in by["fleet"]  # all six families, six workloads
     by, budgets = _plan("--student-phase-s", "7", "--trainer-profile", "settings", "--retrain-threshold", "40",
                         tmp_path=tmp_path)
     assert budgets.student_phase_s == 7 and budgets.max_s == Budgets.full().max_s
@@ -54,8 +57,10 @@ def test_full_demo_budgets_and_overrides(tmp_path: Path) -> None:
 
 
 def test_the_job_and_the_training_budget_are_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    by, _ = _plan(tmp_path=tmp_path)  # full: the student gets twice the quick profile's steps
-    assert by["trainer"][by["trainer"].index("--sft-steps") + 1] == "1600"
+    by, _ = _plan(tmp_path=tmp_path)  # full: more steps than the quick profile's (six workloads to learn)
+    assert by["trainer"][by["trainer"].index("--sft-steps") + 1] == "1200"
+    by, _ = _plan("--quick", "--families", "all", tmp_path=tmp_path)
+    assert "--families" not in by["fleet"]  # a quick run of the whole mix, when asked for
     by, _ = _plan("--families", "lookup,recovery", "--sft-steps", "300", tmp_path=tmp_path)
     assert by["fleet"][by["fleet"].index("--families") + 1] == "lookup,recovery"  # the narrow job, as a flag
     assert by["trainer"][by["trainer"].index("--sft-steps") + 1] == "300"
@@ -122,8 +127,11 @@ def test_retrains_train_the_latest_version_further_unless_told_not_to(tmp_path: 
     full, quick = env_of(), env_of("--quick")
     assert full["STILLFLOW_TRAINER__WARM_START"] == quick["STILLFLOW_TRAINER__WARM_START"] == "latest"
     assert (full["STILLFLOW_TRAINER__WARM_START_SFT_STEPS"], quick["STILLFLOW_TRAINER__WARM_START_SFT_STEPS"]) == \
-        ("400", "200")
+        ("300", "200")
     assert env_of("--warm-start-steps", "150")["STILLFLOW_TRAINER__WARM_START_SFT_STEPS"] == "150"
     assert "STILLFLOW_TRAINER__WARM_START" not in env_of("--warm-start-steps", "0")
     monkeypatch.setenv("STILLFLOW_TRAINER__WARM_START", "live")  # the environment wins
     assert env_of()["STILLFLOW_TRAINER__WARM_START"] == "live"
+    args = build_parser().parse_args(["demo", "--trainer-profile", "settings"])  # the settings as they are
+    _defaults(args)
+    assert "STILLFLOW_TRAINER__WARM_START" not in _service_env("127.0.0.1:9092", tmp_path, args)
