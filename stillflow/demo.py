@@ -207,9 +207,9 @@ def _service_env(bootstrap: str, out: Path, args: argparse.Namespace) -> dict[st
         "STILLFLOW_SIM__PRICE_PER_1K_TOKENS": str(args.teacher_price_per_1k),
         "STILLFLOW_TRAINER__GATE__SCOPE": args.gate_scope,
         # the retrain after a promotion is fed by the new student's traffic and its teacher fallbacks: this many
-        # examples from after the switch (about half a minute of traffic) start it
+        # examples from after the switch (a fifth of the threshold: about 20 s of traffic) start it
         "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION": os.environ.get(
-            "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION", str(max(20, (args.retrain_threshold or 300) // 3))),
+            "STILLFLOW_TRAINER__RETRAIN_AFTER_PROMOTION", str(max(20, (args.retrain_threshold or 300) // 5))),
     }
     if getattr(args, "warm_start_steps", None):
         # a retrain trains the latest version further on all the data so far (the first run trains from scratch):
@@ -383,7 +383,11 @@ async def run_demo(args: argparse.Namespace) -> int:
             now = time.time()
             phases = segment_phases(ledger.decisions, t0, settle_s=args.settle_s)
             students = [p for p in phases if p.version is not None]
+            promos = ledger.promotions()
             progress = Progress(now=now - t0, traffic_start=traffic_start,
+                                # promoted, the router not serving with it yet (it loads it: seconds)
+                                promotion_pending=bool(promos) and (not students
+                                                                    or promos[-1].version != students[-1].version),
                                 first_live=students[0].start - t0 if students else None,
                                 latest_live=students[-1].start - t0 if len(students) > 1 else None,
                                 run_in_progress=bool(ledger.runs_in_progress()),
