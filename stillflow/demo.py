@@ -57,6 +57,11 @@ class DemoError(RuntimeError):
     pass
 
 
+# the exit status of a demo that ran to its end with an acceptance check failing (1: a service failed; 130:
+# interrupted), so that a script or CI running `make demo` sees it
+CHECKS_FAILED = 3
+
+
 # The two-family job of earlier demos (`--families lookup,recovery`): a narrow one that a student trained from
 # scratch in minutes on two CPU cores learns whole (1 600 SFT steps on 330 examples: 94% of 100 held-out tasks,
 # quality ratio 1.00). The default is the full mix, six families as six workloads: the student masters some
@@ -435,6 +440,11 @@ async def run_demo(args: argparse.Namespace) -> int:
     if report.get("time_to_first_student_s") is not None:
         print(f"time to first student: {report['time_to_first_student_s']:.0f} s")
     print(f"report: {out / 'report.md'} (report.json, {', '.join(report['plots'])}); total {time.time() - t0:.0f} s")
+    failed = [c["name"] for c in report.get("checks", []) if c.get("result") != "PASS"]
+    if code == 0 and failed:
+        print(f"{len(failed)} of {len(report['checks'])} acceptance checks failed (exit status {CHECKS_FAILED})",
+              flush=True)
+        return CHECKS_FAILED
     return code
 
 

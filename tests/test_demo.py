@@ -76,7 +76,7 @@ def test_demo_runs_the_flywheel_through_the_router_and_reports_its_phases(broker
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, output[-4000:]
+    assert proc.returncode in (0, 3), output[-4000:]  # 3: it ran to its end and a check failed
     assert "stopping: the student phase ran" in output or "stopping: the retrain" in output, output[-4000:]
 
     report = json.loads((out / "report.json").read_text())
@@ -93,6 +93,8 @@ def test_demo_runs_the_flywheel_through_the_router_and_reports_its_phases(broker
     assert set(checks) == {"promoted_workload", "student_share_last_phase", "task_success_vs_teacher",
                            "cost_per_task_down", "flywheel_turns_again"}
     assert checks["promoted_workload"]["result"] == "PASS"
+    all_pass = all(c["result"] == "PASS" for c in checks.values())
+    assert (proc.returncode == 0) == all_pass and (all_pass or "acceptance checks failed (exit status 3)" in output)
     # the operator's promotion of a version the gate rejected serves every workload it was evaluated on
     assert set(promoted[0]["workloads"]) == {"lookup", "recovery"}, promoted[0]
     assert "workload_not_served" not in student["reasons"]
