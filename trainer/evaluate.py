@@ -128,15 +128,24 @@ class StudentRuntime:
                                                  tokenize=True, return_dict=True)
         return list(out["input_ids"])
 
+    def _prompt(self, messages: list[dict[str, Any]],
+                tools: list[dict[str, Any]] | None) -> tuple[list[int], dict[str, str]]:
+        """The prompt's token ids, and the value-slot table its turn is decoded with (empty without slots)."""
+        table: dict[str, str] = {}
+        if self.codec is not None:
+            messages, table = self.codec.encode(messages)
+        return self.encode(messages, tools), table
+
+    def _text(self, ids: list[int], table: dict[str, str]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        return self.codec.decode(text, table) if self.codec is not None else text
+
     def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                  max_new_tokens: int = 160) -> Generation:
         import torch
 
         t0 = time.perf_counter()
-        table: dict[str, str] = {}
-        if self.codec is not None:
-            messages, table = self.codec.encode(messages)
-        ids = self.encode(messages, tools)
+        ids, table = self._prompt(messages, tools)
         input_ids = torch.tensor([ids], device=self.device)
         with torch.inference_mode():
             out = self.model.generate(
@@ -154,12 +163,8 @@ class StudentRuntime:
             logp = torch.log_softmax(scores, dim=-1).gather(1, new[: scores.shape[0]].unsqueeze(1)).squeeze(1)
         new_ids = new.tolist()
         finished = bool(new_ids) and new_ids[-1] in self.stop_ids
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=False)
-        if self.codec is not None:
-            text = self.codec.decode(text, table)
-        return Generation(text, len(ids), len(new_ids), tuple(float(x) for x in logp.tolist()), finished,
-                          time.perf_counter() - t0)
-
+        return Generation(self._text(new_ids, table), len(ids), len(new_ids), tuple(float(x) for x in logp.tolist()),
+                          finished, time.perf_counter() - t0)
 
     def generate_batch(self, requests: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]],
                        max_new_tokens: int = 160) -> list[Generation]:
@@ -171,14 +176,8 @@ class StudentRuntime:
         import torch
 
         t0 = time.perf_counter()
-        encoded: list[list[int]] = []
-        tables: list[dict[str, str]] = []
-        for messages, tools in requests:
-            table: dict[str, str] = {}
-            if self.codec is not None:
-                messages, table = self.codec.encode(messages)
-            encoded.append(self.encode(messages, tools))
-            tables.append(table)
+        prompts = [self._prompt(messages, tools) for messages, tools in requests]
+        encoded = [ids for ids, _ in prompts]
         width = max(len(ids) for ids in encoded)
         input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded], device=self.device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
@@ -196,11 +195,9 @@ class StudentRuntime:
         for i, ids in enumerate(new.tolist()):
             end = next((k + 1 for k, tok in enumerate(ids) if tok in stops), None)
             ids = ids if end is None else ids[:end]  # after its stop a row is padding
-            text = self.tokenizer.decode(ids, skip_special_tokens=False)
-            if self.codec is not None:
-                text = self.codec.decode(text, tables[i])
             lps = tuple(float(x) for x in logp[i, :len(ids)].tolist())
-            gens.append(Generation(text, len(encoded[i]), len(ids), lps, end is not None, share))
+            gens.append(Generation(self._text(ids, prompts[i][1]), len(encoded[i]), len(ids), lps, end is not None,
+                                   share))
         return gens
 
 

@@ -139,10 +139,9 @@ class TrainingJob:
         work.mkdir(parents=True, exist_ok=True)
         try:
             t0 = time.perf_counter()
-            parent = self._warm_start_parent(run_id)
+            parent, recorded = self._warm_start_parent(run_id)
             if parent is not None:
-                student = resume_student(self.registry.path(parent), device,
-                                         source=(self.registry.manifest(parent).get("student") or {}).get("source"))
+                student = resume_student(self.registry.path(parent), device, source=recorded.get("source"))
                 self.echo(f"[{run_id}] warm start from {parent}")
             else:
                 conversations = [{"messages": r["messages"], "tools": json.loads(r["tools"])} for r in train_rows]
@@ -268,29 +267,29 @@ class TrainingJob:
         return JobResult(run_id, info.version, decision.status, decision, report_dict, metrics,
                          self.registry.path(info.version), seconds, stages, events)
 
-    def _warm_start_parent(self, run_id: str) -> str | None:
-        """The version this run trains on further (`warm_start`), or None: off, no version to start from,
-        or one whose student is not the settings' (the reason is logged)."""
+    def _warm_start_parent(self, run_id: str) -> tuple[str | None, dict[str, Any]]:
+        """The version this run trains on further (`warm_start`) and its manifest's `student`, or (None, {}):
+        off, no version to start from, or one whose student is not the settings' (the reason is logged)."""
         mode = self.section.warm_start
         if mode == "off":
-            return None
+            return None, {}
         versions = self.registry.versions()
         parent = self.registry.live() if mode == "live" else (versions[-1] if versions else None)
         if parent is None:
             self.echo(f"[{run_id}] warm start ({mode}): no version yet, a new student")
-            return None
+            return None, {}
         try:
             recorded = self.registry.manifest(parent).get("student")
         except Exception as exc:  # an unreadable version: start afresh rather than fail the run
             self.echo(f"[{run_id}] warm start from {parent} skipped: {exc}")
-            return None
+            return None, {}
         from trainer.student import warm_start_mismatch
 
         why = warm_start_mismatch(recorded, self.section.student)
         if why is not None:
             self.echo(f"[{run_id}] warm start from {parent} skipped: {why}; a new student")
-            return None
-        return parent
+            return None, {}
+        return parent, recorded
 
     def _decide(self, report: Any) -> GateDecision:
         """The gate per workload, against what the live version serves (its regressions are named)."""

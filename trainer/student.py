@@ -288,11 +288,28 @@ def resume_student(path: str | Path, device: str = "cpu", *, source: str | None 
     """A registered version as a student to train on (warm start): its weights, tokenizer, value slots and
     turn format; a LoRA version keeps its base and trains its own adapter further. `source`: what the
     version's manifest says it was trained from (`describe()["source"]`)."""
+    student = _load_saved(Path(path), device, trainable=True)
+    if student.base is not None:
+        student.source = source or str(student.base["name"])
+    else:
+        student.source = source or f"tiny:{getattr(student.model.config, 'model_type', 'llama')}"
+    if not student.source.startswith("tiny:") and getattr(student.tokenizer, "response_template", None) is None:
+        student.tokenizer.response_template = student.fmt.response_template()  # as pretrained_student sets it
+    return student
+
+
+def load_student(path: str | Path, device: str = "cpu") -> Student:
+    """A saved student (safetensors + tokenizer, or a LoRA adapter and the base it names) for inference."""
+    return _load_saved(Path(path), device, trainable=False)
+
+
+def _load_saved(path: Path, device: str, *, trainable: bool) -> Student:
+    """A saved student's model (a LoRA version: on the base it names, verified), tokenizer, value slots and
+    turn format; in train mode (`trainable`: a LoRA adapter's weights trainable) or eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from stillflow.bases import read_ref, resolve_base
 
-    path = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     ref = read_ref(path)
     home: Path | None = None
@@ -301,37 +318,10 @@ def resume_student(path: str | Path, device: str = "cpu", *, source: str | None 
 
         home = resolve_base(ref)
         base = AutoModelForCausalLM.from_pretrained(str(home), local_files_only=True, use_safetensors=True)
-        model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
-        source = source or str(ref["name"])
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
-        source = source or f"tiny:{getattr(model.config, 'model_type', 'llama')}"
-    model.to(device)
-    model.train()
-    fmt = load_turn_format(path)
-    if not source.startswith("tiny:") and getattr(tokenizer, "response_template", None) is None:
-        tokenizer.response_template = fmt.response_template()  # as pretrained_student sets it
-    return Student(model, tokenizer, source, lora=ref is not None, codec=load_format(path), fmt=fmt, base=ref,
-                   home=home)
-
-
-def load_student(path: str | Path, device: str = "cpu") -> Student:
-    """A saved student (safetensors + tokenizer, or a LoRA adapter and the base it names) for inference."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from stillflow.bases import read_ref, resolve_base
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    ref = read_ref(Path(path))
-    if ref is not None:
-        from peft import PeftModel
-
-        base_dir = resolve_base(ref)
-        base = AutoModelForCausalLM.from_pretrained(str(base_dir), local_files_only=True, use_safetensors=True)
-        model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
+        model = PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     model.to(device)
-    model.eval()
+    model.train(trainable)
     return Student(model, tokenizer, str(path), lora=ref is not None, codec=load_format(path),
-                   fmt=load_turn_format(path), base=ref)
+                   fmt=load_turn_format(path), base=ref, home=home if trainable else None)
