@@ -194,7 +194,8 @@ def _up_args(args: argparse.Namespace, ports: dict[str, int], budgets: Budgets) 
             "--window", str(args.window), "--retrain-threshold", str(args.retrain_threshold),
             "--min-examples", str(args.min_examples), "--fleet-rate", str(args.rate),
             "--fleet-duration", str(budgets.max_s + 60), "--fleet-agents", str(args.agents),
-            "--task-pool", str(args.task_pool), "--eval-tasks", str(args.eval_tasks)]
+            "--task-pool", str(args.task_pool), "--eval-tasks", str(args.eval_tasks),
+            "--otlp-port", "0"]  # the sim fleet talks to the router: no OTLP receiver (a process less on 2 cores)
     if args.families != "all":
         argv += ["--fleet-families", args.families]
     if args.trainer_profile == "quick":

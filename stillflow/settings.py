@@ -81,6 +81,10 @@ class TopicNames(_Section):
     model_versions: str = "stillflow.models.versions"
     router_decisions: str = "stillflow.router.decisions"
     dlq: str = "stillflow.dlq"
+    # OpenTelemetry in (`stillflow otlp` or a Collector's Kafka exporter): OTLP protobuf, one trace per record
+    otlp_spans: str = "stillflow.otlp.spans"
+    otlp_logs: str = "stillflow.otlp.logs"
+    otlp_outcomes: str = "stillflow.otlp.outcomes"
 
     def with_prefix(self, prefix: str) -> TopicNames:
         """Same catalogue under another prefix (tests give each test its own topics this way)."""

@@ -22,13 +22,14 @@ class TopicSpec:
     role: str  # the field of TopicNames
     name: str
     key: str  # what the record key holds
-    value: type[BaseModel]
+    value: type[BaseModel] | None  # None: not our JSON events (see `encoding`)
     partitions: int
     configs: dict[str, str] = field(default_factory=dict)
+    encoding: str = "json"  # or "otlp_proto": OTLP TracesData / LogsData, as the Collector's Kafka exporter writes
 
 
-# role -> (key, value model, partitions or None for the default, configs)
-_ROLES: dict[str, tuple[str, type[BaseModel], int | None, dict[str, str]]] = {
+# role -> (key, value model or None for OTLP protobuf, partitions or None for the default, configs)
+_ROLES: dict[str, tuple[str, type[BaseModel] | None, int | None, dict[str, str]]] = {
     "trace_steps": ("trace_id", c.TraceStepEvent, None, {"retention.ms": _WEEK_MS}),
     "trace_outcomes": ("trace_id", c.TraceOutcomeEvent, None, {"retention.ms": _WEEK_MS}),
     "traces_scored": ("task_id", c.ScoredTrace, None, {"retention.ms": _WEEK_MS}),
@@ -41,6 +42,12 @@ _ROLES: dict[str, tuple[str, type[BaseModel], int | None, dict[str, str]]] = {
     "model_versions": ("model_name", c.ModelVersionEvent, 1, {"retention.ms": "-1"}),
     "router_decisions": ("trace_id", c.RouteDecision, None, {"retention.ms": _WEEK_MS}),
     "dlq": ("original key", c.DeadLetter, 1, {"retention.ms": "-1"}),
+    # the raw spans are kept as long as the trace topics, so that a later release can read them again as the
+    # GenAI conventions keep changing
+    "otlp_spans": ("hex trace id", None, None, {"retention.ms": _WEEK_MS}),
+    "otlp_logs": ("hex trace id", None, None, {"retention.ms": _WEEK_MS}),
+    # outcomes of OTel traces: keyed by the hex trace id, or by the task id (metadata stillflow_join=task)
+    "otlp_outcomes": ("hex trace id or task_id", c.TraceOutcomeEvent, None, {"retention.ms": _WEEK_MS}),
 }
 
 
@@ -56,6 +63,7 @@ def catalogue(names: TopicNames | None = None, default_partitions: int = 3) -> l
                 value=model,
                 partitions=parts or default_partitions,
                 configs=dict(configs),
+                encoding="json" if model is not None else "otlp_proto",
             )
         )
     return out
@@ -70,4 +78,8 @@ def spec_for(topic: str, names: TopicNames | None = None) -> TopicSpec:
 
 
 def model_for(topic: str, names: TopicNames | None = None) -> type[BaseModel]:
-    return spec_for(topic, names).value
+    spec = spec_for(topic, names)
+    if spec.value is None:
+        raise KeyError(f"topic {topic!r} holds OTLP protobuf ({spec.encoding}: OpenTelemetry TracesData/LogsData), "
+                       "not stillflow's JSON events")
+    return spec.value

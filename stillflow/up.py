@@ -1,9 +1,9 @@
 """`stillflow up`: every service on one machine, supervised, with one readable log.
 
 The embedded broker (unless a bootstrap is configured: `STILLFLOW_KAFKA__BOOTSTRAP_SERVERS` or a
-running `stillflow broker`), the topic catalogue, a streams worker, the retrain consumer (trainer) and
-the router; with `--sim` also the sim teacher server (the router's teacher) and a sim agent fleet that
-talks to the router and reports its outcomes there, so the flywheel turns on its own. Each service is
+running `stillflow broker`), the topic catalogue, a streams worker, the OTLP receiver (`stillflow otlp`),
+the retrain consumer (trainer) and the router; with `--sim` also the sim teacher server (the router's
+teacher) and a sim agent fleet that talks to the router and reports its outcomes there, so the flywheel turns on its own. Each service is
 its own process (`stillflow.supervisor`): their output goes, prefixed with the service name, to the
 terminal and to `<out>/up.log`. A service that fails (non-zero exit) stops everything with its last lines shown;
 Ctrl-C (or SIGTERM) stops the services newest first, then the broker.
@@ -48,6 +48,10 @@ def plan_services(args: argparse.Namespace, out: Path) -> list[Service]:
                 ready_url=f"http://127.0.0.1:{args.streams_port}/",
                 metrics_url=f"http://127.0.0.1:{args.streams_port}/metrics"),
     ]
+    if getattr(args, "otlp_port", 0):  # instrumented agents' OpenTelemetry spans in (0: not started)
+        otlp = f"http://127.0.0.1:{args.otlp_port}"
+        services.append(Service("otlp", ["otlp", "--port", str(args.otlp_port), "--loglevel", "warning"],
+                                ready_url=f"{otlp}/readyz", metrics_url=f"{otlp}/metrics"))
     trainer = ["trainer", "--registry", registry, "--metrics-port", str(args.trainer_metrics_port)]
     if args.quick:
         trainer += ["--quick"]
@@ -194,6 +198,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router-port", type=int, default=8200)
     p.add_argument("--streams-port", type=int, default=6066, help="streams worker web port (/metrics)")
     p.add_argument("--trainer-metrics-port", type=int, default=9108)
+    p.add_argument("--otlp-port", type=int, default=4318,
+                   help="the OTLP/HTTP receiver's port (OpenTelemetry-instrumented agents send here; 0: none)")
     p.add_argument("--teacher-port", type=int, default=8100, help="--sim: the sim teacher's port")
     p.add_argument("--window", type=float, default=60.0, help="dataset window size in seconds")
     p.add_argument("--retrain-threshold", type=int, default=None, help="new SFT examples per training run")

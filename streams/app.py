@@ -213,6 +213,12 @@ class StreamsApp:
         self._last_item_wall = time.monotonic()
         self._expiring: set[str] = set()
 
+        # OTel spans in (streams.otel_stage): built into traces that enter the assembler as outcomes with steps
+        self.otel = None
+        if s.otel.enabled:
+            from streams.otel_stage import OtelStage
+
+            self.otel = OtelStage(self)
         app.agent(self.source, name=f"{s.app_id}.assemble")(self._assemble)
         app.agent(self.windows_topic, name=f"{s.app_id}.window")(self._window)
         app.timer(s.expiry_check_interval_s)(self._expiry_tick)

@@ -35,6 +35,29 @@ def cmd_streams(args: argparse.Namespace) -> int:
     return run_worker(_settings(args), loglevel=args.loglevel)
 
 
+def cmd_otlp(args: argparse.Namespace) -> int:
+    from stillflow.cli import CLIError
+    from stillflow.kafka import resolve_bootstrap, with_bootstrap
+    from streams.otel.settings import OtlpSettings
+
+    settings = OtlpSettings()
+    bootstrap = args.bootstrap or resolve_bootstrap(settings)
+    if not bootstrap:
+        raise CLIError("no Kafka broker: run `stillflow broker`, or set STILLFLOW_KAFKA__BOOTSTRAP_SERVERS")
+    settings = with_bootstrap(settings, bootstrap)
+    updates = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
+    if updates:
+        settings = settings.model_copy(update={"otlp": settings.otlp.model_copy(update=updates)})
+    import asyncio
+
+    from stillflow.kafka import ensure_topics
+    from streams.otel.receiver import serve
+
+    asyncio.run(ensure_topics(settings))
+    serve(settings, log_level=args.loglevel)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -78,6 +101,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--web-port", type=int, default=None, help="this worker's web/metrics port (default 6066)")
     p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_streams)
+
+    p = sub.add_parser(
+        "otlp", help="run the OTLP/HTTP receiver: OpenTelemetry spans of instrumented agents in, as traces",
+        description="Receives OTLP/HTTP (POST /v1/traces, /v1/logs; protobuf or JSON, gzip) from any "
+        "OpenTelemetry exporter and publishes the spans, one record per trace, to stillflow.otlp.spans (the "
+        "Collector Kafka exporter's otlp_proto shape), where the streams worker builds them into traces. "
+        "POST /v1/stillflow/outcome reports how a trace ended. Settings: STILLFLOW_OTLP__*.")
+    p.add_argument("--port", type=int, default=None, help="listen port (default 4318, OTLP/HTTP's)")
+    p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    p.add_argument("--bootstrap", default=None, help="host:port (default: settings or `stillflow broker`)")
+    p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_otlp)
 
     p = sub.add_parser("export", help="write the dataset topics as JSONL (trl or OpenAI fine-tuning format)")
     p.add_argument("--format", choices=["trl", "openai"], default="trl")

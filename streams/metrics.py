@@ -82,6 +82,33 @@ class StreamsMetrics:
         self.assembly_open = Gauge(
             "stillflow_streams_assembly_open_traces", "Traces being assembled on this worker", registry=r
         )
+        # OpenTelemetry in (streams.otel_stage)
+        self.otel_records = Counter(
+            "stillflow_streams_otel_records_total", "OTLP records consumed, by topic role and result",
+            ["topic", "result"], registry=r,
+        )
+        self.otel_spans = Counter(
+            "stillflow_streams_otel_spans_total", "Spans read from OTLP records, by result (kept, duplicate)",
+            ["result"], registry=r,
+        )
+        self.otel_traces = Counter(
+            "stillflow_streams_otel_traces_total",
+            "OTel traces, by result (built, incomplete, late, no_content, no_llm_spans, invalid)", ["result"],
+            registry=r,
+        )
+        self.otel_no_content = Counter(
+            "stillflow_streams_otel_no_content_total",
+            "Traces dead-lettered because their model-call spans carry no message content, by instrumentation "
+            "scope (the first 32 by name, then `other`)", ["scope"], registry=r,
+        )
+        self.otel_outcomes = Counter(
+            "stillflow_streams_otel_outcomes_total",
+            "How OTel traces got their outcome (reported, evaluation, unknown) and outcomes that joined nothing "
+            "(unmatched)", ["result"], registry=r,
+        )
+        self.otel_open = Gauge(
+            "stillflow_streams_otel_open_traces", "OTel traces being assembled on this worker", registry=r
+        )
         self.watermark = Gauge(
             "stillflow_streams_watermark_seconds", "Event-time watermark (unix seconds)", registry=r
         )

@@ -22,6 +22,7 @@ from stillflow.settings import StillflowSettings
 
 __all__ = [
     "JudgeSettings",
+    "OtelSection",
     "StreamsSection",
     "StreamsSettings",
 ]
@@ -44,6 +45,32 @@ class JudgeSettings(_Section):
     max_concurrency: int = Field(default=8, gt=0, description="judge requests in flight at once")
 
 
+class OtelSection(_Section):
+    """How OTel spans (`stillflow.otlp.spans`, `.logs`) become traces (streams.otel)."""
+
+    enabled: bool = Field(default=True, description="consume the OTLP topics (spans, logs, outcomes)")
+    settle_s: float = Field(
+        default=5.0, gt=0,
+        description="a trace whose root span arrived is built once no span came for this long (its children's "
+        "last export may still be on the way)")
+    trace_timeout_s: float = Field(default=600.0, gt=0,
+                                   description="a trace whose root span never comes expires (DLQ `incomplete`)")
+    outcome_wait_s: float = Field(
+        default=300.0, ge=0,
+        description="a built trace waits this long for its outcome, then is scored with success unknown")
+    max_lateness_s: float = Field(
+        default=3600.0, gt=0,
+        description="spans that ended longer ago than this, for a trace nobody holds, are late (DLQ `late`); "
+        "a built trace is remembered this long, so that exporter retries are duplicates")
+    max_spans_per_trace: int = Field(default=2048, gt=0)
+    final_marker: str = Field(
+        default="Final answer:",
+        description="an answer text's last line starting with this splits it into reasoning and answer, as the "
+        "SDK agents do; empty: the whole text is the answer")
+    check_interval_s: float = Field(default=1.0, gt=0,
+                                    description="how often settled and expired traces are looked for")
+
+
 class StreamsSection(_Section):
     """Everything the stream processors are tuned with."""
 
@@ -58,6 +85,8 @@ class StreamsSection(_Section):
     )
     # reasoning judge (scoring and gates themselves: the shared `quality` section)
     judge: JudgeSettings = JudgeSettings()
+    # OpenTelemetry spans in
+    otel: OtelSection = OtelSection()
     # pairs
     pair_min_gap: float = Field(default=0.2, ge=0, le=1)
     pair_require_chosen_passed: bool = Field(
@@ -121,4 +150,5 @@ class StreamsSettings(StillflowSettings):
     def internal_topics(self) -> dict[str, str]:
         """The streams app's own topics (role -> name), named after its app id."""
         app_id = self.streams.app_id
-        return {"expire": f"{app_id}-assembly-expire", "windows": f"{app_id}-windows"}
+        return {"expire": f"{app_id}-assembly-expire", "windows": f"{app_id}-windows",
+                "otel_tick": f"{app_id}-otel-tick", "otel_tasks": f"{app_id}-otel-tasks"}

@@ -29,10 +29,22 @@ async def source_partitions(settings: StreamsSettings) -> int:
             f"{outcomes}: they must be equal (both are keyed by trace_id and assembled together)"
         )
     internal = settings.internal_topics()
-    await ensure_named_topics(settings, {
+    named = {
         internal["expire"]: (int(steps), {}),
         internal["windows"]: (1, {}),  # one partition: the watermark and windows are global
-    })
+    }
+    if settings.streams.otel.enabled:
+        t = settings.topics
+        otlp = {name: topics.get(name) for name in (t.otlp_spans, t.otlp_logs, t.otlp_outcomes)}
+        wrong = {name: n for name, n in otlp.items() if n != steps}
+        if wrong:  # a Collector may have created its topic first
+            raise RuntimeError(
+                "the OTLP topics must have as many partitions as the trace topics (" + str(steps) + "): "
+                + ", ".join(f"{name} has {n}" for name, n in wrong.items())
+                + " (their traces are assembled in one table; or set STILLFLOW_STREAMS__OTEL__ENABLED=false)")
+        named[internal["otel_tick"]] = (int(steps), {})
+        named[internal["otel_tasks"]] = (int(steps), {})
+    await ensure_named_topics(settings, named)
     return int(steps)
 
 

@@ -21,12 +21,14 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_plan_without_sim_needs_only_the_services(tmp_path: Path) -> None:
     plan = plan_services(_args("--teacher-url", "http://teacher:9000/v1"), tmp_path)
-    assert [s.name for s in plan] == ["streams", "trainer", "router"]
+    assert [s.name for s in plan] == ["streams", "otlp", "trainer", "router"]
     router = plan[-1].args
     assert router[router.index("--teacher-url") + 1] == "http://teacher:9000/v1"
     assert router[router.index("--registry") + 1] == str(tmp_path / "models")
-    trainer = plan[1].args
+    trainer = plan[2].args
     assert trainer[trainer.index("--registry") + 1] == str(tmp_path / "models")  # one registry for both
+    otlp = plan[1].args
+    assert otlp[otlp.index("--port") + 1] == "4318"  # OTLP/HTTP's standard port
     for s in plan:  # every planned command is one the CLI accepts
         build_parser().parse_args(s.args)
 
@@ -35,7 +37,7 @@ def test_plan_with_sim_points_the_fleet_at_the_router(tmp_path: Path) -> None:
     plan = plan_services(_args("--sim", "--quick", "--router-port", "8201", "--teacher-port", "8101",
                                "--retrain-threshold", "50", "--min-examples", "20"), tmp_path)
     names = [s.name for s in plan]
-    assert names == ["streams", "trainer", "teacher", "router", "fleet"]
+    assert names == ["streams", "otlp", "trainer", "teacher", "router", "fleet"]
     by = {s.name: s.args for s in plan}
     assert by["router"][by["router"].index("--teacher-url") + 1] == "http://127.0.0.1:8101/v1"
     assert "--report-to-router" in by["fleet"] and "http://127.0.0.1:8201/v1" in by["fleet"]

@@ -41,7 +41,7 @@ def metric_total(url: str, name: str) -> float:
 def running_up(tmp_path: Path, *extra: str) -> Iterator[Up]:
     """Start it, yield once it has scored traffic from the router, SIGINT it at the end (the exit status and
     output are left in `Up.proc.returncode` / `Up.output`)."""
-    ports = {k: free_port() for k in ("router", "streams", "trainer", "teacher")}
+    ports = {k: free_port() for k in ("router", "streams", "trainer", "teacher", "otlp")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("STILLFLOW_")}
     env.update(STILLFLOW_STATE_DIR=str(tmp_path / "state"), STILLFLOW_STREAMS__SESSION_TIMEOUT_S="6",
                STILLFLOW_SIM__LATENCY_MS="50", STILLFLOW_SIM__LATENCY_JITTER_MS="10")
@@ -49,7 +49,7 @@ def running_up(tmp_path: Path, *extra: str) -> Iterator[Up]:
     cmd = [sys.executable, "-m", "stillflow.cli", "up", "--sim", "--quick", "--out", str(out_dir),
            "--router-port", str(ports["router"]), "--streams-port", str(ports["streams"]),
            "--trainer-metrics-port", str(ports["trainer"]), "--teacher-port", str(ports["teacher"]),
-           "--fleet-rate", "4", "--window", "5", "--quiet", *extra]
+           "--otlp-port", str(ports["otlp"]), "--fleet-rate", "4", "--window", "5", "--quiet", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=die_with_parent)
     up = Up(proc, out_dir, ports)
