@@ -168,18 +168,18 @@ def instrument(name: str, tracer_provider: Any, logger_provider: Any) -> Any:
     raise ValueError(f"unknown instrumentation {name!r}; one of {', '.join(INSTRUMENTATIONS)}")
 
 
-def pick_tasks(n: int, families: tuple[str, ...] = DEFAULT_FAMILIES, world_seed: int = 0) -> list[Any]:
+def pick_tasks(n: int, families: tuple[str, ...] = DEFAULT_FAMILIES, world_seed: int = 0, offset: int = 0) -> list[Any]:
     """A deterministic set: the families' train tasks in index order, interleaved (lookup-0, recovery-0, ...)."""
     from sim.tasks import get_suite
 
     suite = get_suite(world_seed)
     iters = [suite.iter_split("train", family=f) for f in families]
     out: list[Any] = []
-    while len(out) < n:
+    while len(out) < n + offset:
         for it in iters:
-            if len(out) < n:
+            if len(out) < n + offset:
                 out.append(next(it))
-    return out
+    return out[offset:]
 
 
 @contextlib.asynccontextmanager
@@ -204,7 +204,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     tracer_provider, logger_provider = make_providers(args.endpoint, args.protocol, args.record_file)
     inst = instrument(args.instrumentation, tracer_provider, logger_provider)
     tracer = trace.get_tracer("stillflow.sim", tracer_provider=tracer_provider)
-    tasks = pick_tasks(args.episodes)
+    tasks = pick_tasks(args.episodes, offset=args.offset)
     out: list[dict[str, Any]] = []
     import httpx
 
@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", default="teacher", choices=("teacher", "perfect", "random"))
     p.add_argument("--errors", action="store_true", help="keep the policy's default error rates (default: none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offset", type=int, default=0, help="skip the first N tasks of the deterministic set")
     p.add_argument("--record-file", type=Path, default=None,
                    help="write the spans as Collector Kafka records to this file instead of exporting them")
     p.add_argument("--outcome-url", default=None,

@@ -10,8 +10,11 @@ steps and verdicts must be equal.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -63,12 +66,15 @@ async def otel(broker: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         worker.stop()
 
 
-async def _fleet(otel: OtelEnv, instrumentation: str, n: int, *extra: str) -> list[dict[str, Any]]:
+async def _fleet(otel: OtelEnv, instrumentation: str, n: int, *extra: str, report: bool = True,
+                 env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     out = otel.tmp / f"{instrumentation}-{uuid.uuid4().hex[:6]}.json"
+    outcome = ["--outcome-url", f"{otel.url}/v1/stillflow/outcome"] if report else []
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.otel_fleet", "--instrumentation", instrumentation, "--endpoint", otel.url,
-        "--episodes", str(n), "--out", str(out), "--outcome-url", f"{otel.url}/v1/stillflow/outcome", *extra,
-        cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        "--episodes", str(n), "--out", str(out), *outcome, *extra,
+        cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})})
     text, _ = await asyncio.wait_for(proc.communicate(), 240)
     assert proc.returncode == 0, text.decode(errors="replace")[-3000:]
     return json.loads(out.read_text())
@@ -123,7 +129,9 @@ async def _through_sdk(otel: OtelEnv, episodes: list[dict[str, Any]], tag: str) 
 
 @pytest.mark.parametrize("instrumentation", ["genai", "openinference", "openllmetry"])
 async def test_an_instrumented_fleet_gives_the_sdk_paths_traces(otel: OtelEnv, instrumentation: str) -> None:
-    episodes = await _fleet(otel, instrumentation, EPISODES, "--errors")
+    # one of them gzips its requests, as the exporter does with OTEL_EXPORTER_OTLP_COMPRESSION=gzip
+    env = {"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"} if instrumentation == "openllmetry" else None
+    episodes = await _fleet(otel, instrumentation, EPISODES, "--errors", env=env)
     assert len(episodes) == EPISODES
     pairs = await _through_sdk(otel, episodes, instrumentation)
     scored = await _scored(otel, set(pairs) | set(pairs.values()))
@@ -184,7 +192,7 @@ async def test_a_trace_without_content_is_dead_lettered_with_the_switch(otel: Ot
     deadline = loop.time() + 60
     while loop.time() < deadline:
         letters = [d for d in await _letters(otel) if d.kind == "no_content"]
-        named = {json.loads(__import__("base64").b64decode(d.raw_b64))["trace_id"] for d in letters}
+        named = {json.loads(base64.b64decode(d.raw_b64))["trace_id"] for d in letters}
         if ids <= named:
             break
         await asyncio.sleep(1)
@@ -196,15 +204,73 @@ async def test_a_trace_without_content_is_dead_lettered_with_the_switch(otel: Ot
 
 
 async def test_a_trace_nobody_reports_on_is_scored_with_success_unknown(otel: OtelEnv) -> None:
-    out = otel.tmp / "silent.json"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.otel_fleet", "--instrumentation", "openinference", "--endpoint", otel.url,
-        "--episodes", "2", "--out", str(out), cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    text, _ = await asyncio.wait_for(proc.communicate(), 240)
-    assert proc.returncode == 0, text.decode(errors="replace")[-2000:]
-    episodes = json.loads(out.read_text())
+    episodes = await _fleet(otel, "openinference", 2, "--offset", "40", report=False)
     scored = await _scored(otel, {ep["otel_trace_id"] for ep in episodes})
     for st in scored.values():
         assert st.trace.metadata["outcome"] == "unknown" and st.trace.success is False
         assert not st.passed and "success" in st.rejected_by
+
+
+async def test_outcomes_named_by_task_id_join_their_traces(otel: OtelEnv) -> None:
+    """No trace id known to the agent: it reports by the `stillflow.task_id` its spans carry."""
+    episodes = await _fleet(otel, "genai", 4, "--offset", "50", report=False)
+    async with httpx.AsyncClient(base_url=otel.url) as http:
+        for ep in episodes:
+            t = ep["trace"]
+            r = await http.post("/v1/stillflow/outcome", json={"task_id": t["task_id"], "success": t["success"],
+                                                               "ground_truth": t["ground_truth"]})
+            assert r.status_code == 202 and r.json()["joins_by"] == "task_id"
+    scored = await _scored(otel, {ep["otel_trace_id"] for ep in episodes})
+    for ep in episodes:
+        st = scored[ep["otel_trace_id"]]
+        assert st.trace.metadata["outcome"] == "reported" and st.trace.success is ep["trace"]["success"]
+        assert st.trace.ground_truth == ep["trace"]["ground_truth"]
+
+
+async def _count_scored(otel: OtelEnv, ids: set[str]) -> dict[str, int]:
+    n: dict[str, int] = dict.fromkeys(ids, 0)
+    for raw in await read_to_end(otel.settings, otel.settings.topics.traces_scored, idle_timeout_s=1):
+        st = decode(raw, ScoredTrace)
+        if st.trace.trace_id in n:
+            n[st.trace.trace_id] += 1
+    return n
+
+
+async def test_bad_records_late_and_twice_sent_spans(otel: OtelEnv) -> None:
+    """Garbage on the span topic is dead-lettered, records sent twice (an exporter's retry) and out of order
+    give one trace each, spans hours late are dead-lettered and never built: the worker keeps going."""
+    record_file = otel.tmp / "twice.records"
+    episodes = await _fleet(otel, "genai", 3, "--offset", "60", "--record-file", str(record_file))
+    records = read_record_file(record_file)
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    late = trace_pb2.TracesData()
+    late.ParseFromString(records[0][1])
+    hours_ago = int((time.time() - 3 * 3600) * 1e9)
+    late_id = bytes(range(16))
+    for rs in late.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.trace_id, span.start_time_unix_nano, span.end_time_unix_nano = late_id, hours_ago, hours_ago + 1000
+    valid = records[0][1]
+    garbage = [b"\xff\x00 not protobuf", valid[: len(valid) // 2], None]
+    producer = make_producer(otel.settings.kafka)
+    await producer.start()
+    try:
+        topic = otel.settings.topics.otlp_spans
+        for value in garbage:
+            await producer.send_and_wait(topic, value, key=b"0123456789abcdef0123456789abcdef")
+        await producer.send_and_wait(topic, late.SerializeToString(), key=late_id.hex().encode())
+        for key, value in [*records, *reversed(records)]:  # everything twice, the second time backwards
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+    ids = {ep["otel_trace_id"] for ep in episodes}
+    await _scored(otel, ids)
+    await asyncio.sleep(3)  # time for a duplicate to show up, were there one
+    assert set((await _count_scored(otel, ids)).values()) == {1}
+    kinds = [d.kind for d in await _letters(otel)]
+    assert "late" in kinds and "empty" in kinds and kinds.count("invalid_otlp") >= 1
+    assert otel.worker.alive()
+    letters = [d for d in await _letters(otel) if d.kind == "late"]
+    assert any(late_id.hex() in d.reason for d in letters)

@@ -275,7 +275,8 @@ def create_app(settings: OtlpSettings | None = None, *, producer: Any = None,
             metrics.requests.labels("outcome", "400").inc()
             return JSONResponse({"error": {"message": f"invalid outcome: {exc}"[:1000], "code": 400}},
                                 status_code=400)
-        key = event.task_id if event.metadata.get(JOIN_META) == "task" else event.trace_id
+        by_task = event.metadata.get(JOIN_META) == "task"
+        key = event.task_id if by_task else event.trace_id
         try:
             await publish(topics.otlp_outcomes, [(key, encode(event))], "outcome")
         except _Refused as exc:
@@ -284,7 +285,7 @@ def create_app(settings: OtlpSettings | None = None, *, producer: Any = None,
                                 headers={"Retry-After": str(exc.retry_after)})
         metrics.requests.labels("outcome", "202").inc()
         return JSONResponse({"trace_id": event.trace_id, "task_id": event.task_id, "event_id": event.event_id,
-                             "joins_by": "task_id" if key == event.task_id and key != event.trace_id else "trace_id"},
+                             "joins_by": "task_id" if by_task else "trace_id"},
                             status_code=202)
 
     @app.get("/healthz")
