@@ -59,9 +59,9 @@ class OtelSection(_Section):
         default=300.0, ge=0,
         description="a built trace waits this long for its outcome, then is scored with success unknown")
     max_lateness_s: float = Field(
-        default=3600.0, gt=0,
-        description="spans that ended longer ago than this, for a trace nobody holds, are late (DLQ `late`); "
-        "a built trace is remembered this long, so that exporter retries are duplicates")
+        default=600.0, gt=0,
+        description="a built trace is remembered this long (exporter retries are duplicates), and spans that "
+        "ended longer ago than this, for a trace nobody holds, are late (DLQ `late`): never built twice")
     max_spans_per_trace: int = Field(default=2048, gt=0)
     final_marker: str = Field(
         default="Final answer:",

@@ -13,9 +13,9 @@ import pytest
 
 from stillflow.contracts import TraceStep
 from stillflow.kafka import with_bootstrap
-from stillflow.topics import catalogue
 from stillflow.sdk import TraceEmitter
 from stillflow.settings import StillflowSettings
+from stillflow.topics import catalogue
 
 pytestmark = pytest.mark.e2e
 

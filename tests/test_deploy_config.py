@@ -246,12 +246,13 @@ def _settings_class(args: Any) -> type[BaseModel]:
     from router.settings import RouterSettings
     from sim.settings import SimSettings
     from stillflow.settings import StillflowSettings
+    from streams.otel.settings import OtlpSettings
     from streams.settings import StreamsSettings
     from trainer.settings import TrainerSettings
 
     return {"streams": StreamsSettings, "trainer": TrainerSettings, "router": RouterSettings, "sim": SimSettings,
             "topics": StillflowSettings, "export": StreamsSettings, "train": TrainerSettings,
-            "models": TrainerSettings}[args.command]
+            "models": TrainerSettings, "otlp": OtlpSettings}[args.command]
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -293,7 +294,7 @@ def _service_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, 
 
 
 def test_compose_has_the_services() -> None:
-    assert {"kafka", "topics", "streams", "trainer", "router", "prometheus", "grafana", "sim-teacher",
+    assert {"kafka", "topics", "streams", "otlp", "trainer", "router", "prometheus", "grafana", "sim-teacher",
             "sim-fleet"} <= set(SERVICES)
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert "sim" in SERVICES["sim-teacher"]["profiles"] and "sim" in SERVICES["sim-fleet"]["profiles"]
@@ -381,6 +382,10 @@ def _listening(name: str, monkeypatch: pytest.MonkeyPatch) -> set[int]:
         host = args.host or settings.router.host
         assert host not in LOOPBACK, f"{name}: router bound to loopback ({host})"
         return {args.port if args.port is not None else settings.router.port}
+    if args.command == "otlp":
+        host = args.host or settings.otlp.host
+        assert host not in LOOPBACK, f"{name}: OTLP receiver bound to loopback ({host})"
+        return {args.port if args.port is not None else settings.otlp.port}
     if args.command == "sim" and args.sim_command == "teacher-server":
         host = args.host or settings.sim.host
         assert host not in LOOPBACK, f"{name}: sim teacher bound to loopback ({host})"
@@ -420,8 +425,8 @@ def test_prometheus_targets_are_compose_services_on_their_ports(monkeypatch: pyt
 def test_every_service_exporting_metrics_is_scraped() -> None:
     scraped = {host for _job, _path, host, _port in _scrape_targets()}
     exporting = {name for name, s in _stillflow_services().items()
-                 if s["command"][0] in ("streams", "trainer", "router")}
-    assert exporting == {"streams", "trainer", "router"}
+                 if s["command"][0] in ("streams", "otlp", "trainer", "router")}
+    assert exporting == {"streams", "otlp", "trainer", "router"}
     assert exporting <= scraped, f"not scraped: {sorted(exporting - scraped)}"
 
 

@@ -62,6 +62,13 @@ _MESSAGE_EVENTS = {
 }
 
 
+def _as_id(value: Any) -> str | None:
+    """An id as found in a message (text, or a number some providers send); anything else is no id."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value) or None
+
+
 @dataclass
 class Call:
     """A tool call the model asked for."""
@@ -69,6 +76,9 @@ class Call:
     name: str
     arguments: Any = None  # JSON text as sent, or an already parsed value
     id: str | None = None
+
+    def __post_init__(self) -> None:
+        self.id = _as_id(self.id)
 
 
 @dataclass
@@ -78,6 +88,9 @@ class Message:
     reasoning: str | None = None
     tool_calls: list[Call] = field(default_factory=list)
     tool_call_id: str | None = None  # role tool: the call this answers
+
+    def __post_init__(self) -> None:
+        self.tool_call_id = _as_id(self.tool_call_id)
 
 
 @dataclass
@@ -145,10 +158,14 @@ def _text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _int(value: Any) -> int:
     try:
         return max(0, int(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         return 0
 
 
@@ -227,7 +244,7 @@ def _parts_message(m: Any) -> Message | None:
 
 def _openai_message(m: dict[str, Any], role: str | None = None) -> Message:
     calls = []
-    for tc in m.get("tool_calls") or []:
+    for tc in _list(m.get("tool_calls")):
         if not isinstance(tc, dict):
             continue
         fn = tc.get("function") if isinstance(tc.get("function"), dict) else tc
@@ -278,7 +295,7 @@ def _event_message(name: str, attrs: dict[str, Any], body: Any) -> Message | Non
         return None
     m = _openai_message(data, role)
     if role == "tool":
-        m.tool_call_id = data.get("id") or data.get("tool_call_id")
+        m.tool_call_id = _as_id(data.get("id") or data.get("tool_call_id"))
     return m
 
 
@@ -313,7 +330,7 @@ def _genai_tools_flat(attrs: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _flat_message(d: dict[str, Any], default_role: str) -> Message:
     calls = []
-    for tc in d.get("tool_calls") or []:
+    for tc in _list(d.get("tool_calls")):
         if isinstance(tc, dict):
             fn = tc.get("function") if isinstance(tc.get("function"), dict) else tc
             calls.append(Call(name=str(fn.get("name") or ""), arguments=fn.get("arguments"), id=tc.get("id")))
@@ -342,7 +359,7 @@ def _oi_message(d: Any) -> Message | None:
         content = "".join(str((c.get("message_content") or {}).get("text") or "")
                           for c in m["contents"] if isinstance(c, dict)) or None
     calls = []
-    for tc in m.get("tool_calls") or []:
+    for tc in _list(m.get("tool_calls")):
         t = tc.get("tool_call") if isinstance(tc, dict) and isinstance(tc.get("tool_call"), dict) else tc
         if not isinstance(t, dict):
             continue

@@ -69,12 +69,15 @@ class Waiting(TableModel):
 class Reported(TableModel):
     outcome: TraceOutcomeEvent
     at: datetime
+    # set once joined: the trace it joined. Kept until the wait has passed so that a redelivered copy of
+    # the outcome (same event id) or of that trajectory is recognised and never paired again.
+    joined: str | None = None
 
 
 class TaskState(TableModel):
     task_id: str
     waiting: list[Waiting] = Field(default_factory=list)
-    outcomes: list[Reported] = Field(default_factory=list)  # not yet paired, oldest first
+    outcomes: list[Reported] = Field(default_factory=list)  # oldest first; `joined` ones are paired already
     updated_at: datetime
 
 
@@ -86,14 +89,17 @@ def task_add_trajectory(state: TaskState | None, task_id: str, trace: AgentTrace
                         now: datetime | None = None) -> tuple[TaskState, list[TraceOutcomeEvent]]:
     now = now or utcnow()
     st = _state(state, task_id, now)
-    if any(w.trace.trace_id == trace.trace_id for w in st.waiting):  # a redelivered forward
+    if any(w.trace.trace_id == trace.trace_id for w in st.waiting) or any(
+            r.joined == trace.trace_id for r in st.outcomes):  # a redelivered forward
         return st, []
     outcomes = list(st.outcomes)
-    pick = next((i for i, r in enumerate(outcomes) if r.outcome.trace_id == trace.trace_id), None)
+    pick = next((i for i, r in enumerate(outcomes) if r.joined is None and r.outcome.trace_id == trace.trace_id), None)
     if pick is None:
-        pick = next((i for i, r in enumerate(outcomes) if outcome_is_task_keyed(r.outcome)), None)
+        pick = next((i for i, r in enumerate(outcomes) if r.joined is None and outcome_is_task_keyed(r.outcome)),
+                    None)
     if pick is not None:
         rep = outcomes.pop(pick)
+        outcomes.append(rep.model_copy(update={"at": now, "joined": trace.trace_id}))
         return st.model_copy(update={"outcomes": outcomes, "updated_at": now}), [
             joined_event(trace, rep.outcome, evaluation)]
     waiting = [*st.waiting, Waiting(trace=trace, evaluation=evaluation, since=now)]
@@ -112,15 +118,16 @@ def task_add_outcome(state: TaskState | None, task_id: str, outcome: TraceOutcom
         pick = 0
     if pick is not None:
         w = waiting.pop(pick)
-        return st.model_copy(update={"waiting": waiting, "updated_at": now}), [
+        outcomes = [*st.outcomes, Reported(outcome=outcome, at=now, joined=w.trace.trace_id)][-max_kept:]
+        return st.model_copy(update={"waiting": waiting, "outcomes": outcomes, "updated_at": now}), [
             joined_event(w.trace, outcome, w.evaluation)]
     outcomes = [*st.outcomes, Reported(outcome=outcome, at=now)][-max_kept:]
     return st.model_copy(update={"outcomes": outcomes, "updated_at": now}), []
 
 
 def task_due(state: TaskState, now: datetime, wait_s: float) -> tuple[TaskState | None, list[TraceOutcomeEvent]]:
-    """Trajectories that waited `wait_s` go out with success unknown; outcomes older than `wait_s` are
-    dropped (returned state None: nothing left, delete it)."""
+    """Trajectories that waited `wait_s` go out with success unknown; outcomes older than `wait_s` (and the
+    marks of joined ones, `wait_s` after the join) are dropped (returned state None: nothing left, delete it)."""
     out, waiting = [], []
     for w in state.waiting:
         if (now - w.since).total_seconds() >= wait_s:

@@ -163,15 +163,17 @@ def _decode(body: bytes, content_type: str | None, message: Any) -> Any:
     if media == JSON:
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise OtlpDecodeError(f"the body is not valid JSON: {exc}") from None
+        except ValueError as exc:  # bad UTF-8, bad JSON, an int past Python's 4300-digit conversion limit
+            raise OtlpDecodeError(f"the body is not valid JSON: {str(exc)[:500]}") from None
         except RecursionError:
             raise OtlpDecodeError("the JSON nests too deep") from None
         if not isinstance(data, dict):
             raise OtlpDecodeError(f"the body must be a JSON object, got {type(data).__name__}")
+        data = _ids_to_b64(data)
         try:
-            json_format.ParseDict(_ids_to_b64(data), message, ignore_unknown_fields=True)
-        except json_format.ParseError as exc:
+            json_format.ParseDict(data, message, ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, TypeError, SystemError) as exc:
+            # upb raises SystemError/UnicodeEncodeError (not ParseError) on lone surrogates in names and values
             raise OtlpDecodeError(f"the JSON is not an OTLP message: {str(exc)[:500]}") from None
         except RecursionError:
             raise OtlpDecodeError("the JSON nests too deep") from None

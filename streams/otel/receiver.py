@@ -190,9 +190,9 @@ def create_app(settings: OtlpSettings | None = None, *, producer: Any = None,
     async def publish(topic: str, records: list[tuple[str, bytes]], signal: str) -> None:
         producer = state["producer"]
         try:
-            futures = [await asyncio.wait_for(producer.send(topic, value, key=key.encode()), sec.publish_timeout_s)
-                       for key, value in records]
-            await asyncio.wait_for(asyncio.gather(*futures), sec.publish_timeout_s)
+            async with asyncio.timeout(sec.publish_timeout_s):  # one deadline for the request (a task per send
+                futures = [await producer.send(topic, value, key=key.encode()) for key, value in records]  # cost)
+                await asyncio.gather(*futures)
         except Exception as exc:  # a timeout, the broker gone, a producer error: the data was not kept
             log.warning("OTLP %s: Kafka did not take %d records: %r", signal, len(records), exc)
             raise _Refused(503, _UNAVAILABLE, f"Kafka did not take the data within {sec.publish_timeout_s:g} s "
