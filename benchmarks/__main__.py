@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 # In the order they were added; each is a module with a main() printing one JSON line.
-BENCHES = ["sdk_emit", "ingest", "router", "dataset_build"]
+BENCHES = ["sdk_emit", "ingest", "router", "dataset_build", "otlp_ingest"]
 ON_REQUEST = ["trainer_quality", "student_bases"]
 
 

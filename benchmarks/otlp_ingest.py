@@ -4,7 +4,7 @@ vs the same episodes through the SDK path (`TraceEmitter`), on the same broker a
 The spans are real: the sim fleet instrumented with `opentelemetry-instrumentation-genai-openai` (content on),
 encoded by the OTLP exporter library's own encoder (`tests.otel_fleet --record-file`), then grouped into
 export requests of up to 512 spans as the BatchSpanProcessor sends them. Each round replays them under fresh
-trace ids: the requests go to the receiver (a `stillflow otlp` process) from 16 concurrent clients, each
+trace ids: the requests go to the receiver (a `stillflow otlp` process) from 4 concurrent clients, each
 episode's outcome is reported to it by trace id as an agent would, and the round ends when the worker has
 published every trace's ScoredTrace. The SDK round emits the SDK-recorded traces of the same episodes (steps +
 outcome). Round 0 of each warms up and is not counted; the median round is reported. Target: otel / sdk >= 0.5.
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=40, help="instrumented episodes recorded (then replayed)")
     p.add_argument("--copies", type=int, default=50, help="copies of them per round, under fresh trace ids")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--clients", type=int, default=16, help="agents sending to the receiver at once")
+    p.add_argument("--clients", type=int, default=4, help="agents sending to the receiver at once")
     args = p.parse_args(argv)
     emit_result("otlp_ingest", asyncio.run(run(args)))
     return 0
