@@ -5,8 +5,8 @@ running `stillflow broker`), the topic catalogue, a streams worker, the OTLP rec
 the retrain consumer (trainer) and the router; with `--sim` also the sim teacher server (the router's
 teacher) and a sim agent fleet that talks to the router and reports its outcomes there, so the flywheel
 turns on its own. Each service is its own process (`stillflow.supervisor`): their output goes, prefixed
-with the service name, to the terminal and to `<out>/up.log`. A service that fails (non-zero exit) stops everything with its last lines shown;
-Ctrl-C (or SIGTERM) stops the services newest first, then the broker.
+with the service name, to the terminal and to `<out>/up.log`. A service that fails (non-zero exit) stops
+everything with its last lines shown; Ctrl-C (or SIGTERM) stops the services newest first, then the broker.
 """
 
 from __future__ import annotations
