@@ -11,6 +11,7 @@ from stillflow.contracts import TraceStep
 from stillflow.kafka import ensure_topics, list_topics, with_bootstrap
 from stillflow.sdk import BackpressureTimeout, TraceEmitter
 from stillflow.settings import SDKSettings, StillflowSettings
+from stillflow.topics import catalogue
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ async def test_topics_are_idempotent() -> None:
     with EmbeddedBroker() as broker:
         settings = with_bootstrap(StillflowSettings(), broker.bootstrap_servers)
         created = await ensure_topics(settings)
-        assert len(created) == 10
+        assert len(created) == len(catalogue())
         assert await ensure_topics(settings) == []
         topics = await list_topics(settings)
         assert topics["stillflow.trace.steps"] == 3 and topics["stillflow.models.versions"] == 1
