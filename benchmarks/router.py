@@ -3,7 +3,9 @@
 - router-added latency: the same requests to the sim teacher server directly and through a teacher-only
   router (its own process, events published to the broker), p50/p99 at concurrency 1, 16, 64, rounds
   alternating direct and routed; added = routed - direct per percentile. Target: added p99 <= 5 ms at 16.
-- student path: a router serving the memorised tiny student (tests/router_student.py), p50/p99 at 1 and 16.
+- student path: a router serving the memorised tiny student (tests/router_student.py), p50/p99 and requests/s
+  at 1 and 16, alternating (the better of two rounds each). Target (batched generation): at 16 >= 3x the
+  requests/s at 1, with p99 at 16 under 3x the p99 at 1.
 - swap under load: while workers keep the student router busy, `promoted` for v2 then `rolled_back`:
   seconds from the event to the first response by the new version, and failed requests.
 
@@ -11,6 +13,7 @@ Teacher, routers and broker run as separate processes on this machine, so on 2 s
 higher concurrencies measure CPU contention as much as the router.
 
     python -m benchmarks.router [--teacher-latency-ms 200 --teacher-jitter-ms 100 --requests 600 --rounds 3]
+                                [--student-only]
 """
 
 from __future__ import annotations
@@ -196,11 +199,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                       "--latency-ms", str(args.teacher_latency_ms),
                                       "--jitter-ms", str(args.teacher_jitter_ms)],
                                      env, work / "teacher.log", f"http://127.0.0.1:{tport}/readyz"))
-        stack.enter_context(_process(["router", "--port", str(rport), "--teacher-url", teacher, "--teacher-only"],
-                                     env, work / "router.log", f"http://127.0.0.1:{rport}/readyz"))
-        progress("router-added latency (teacher-only router vs the teacher directly)")
-        added = await _added_latency(teacher, f"http://127.0.0.1:{rport}/v1", teacher_body, headers,
-                                     [1, 16, 64], args.requests, args.rounds)
+        added: dict[str, Any] = {}
+        if not args.student_only:
+            stack.enter_context(_process(["router", "--port", str(rport), "--teacher-url", teacher,
+                                          "--teacher-only"], env, work / "router.log",
+                                         f"http://127.0.0.1:{rport}/readyz"))
+            progress("router-added latency (teacher-only router vs the teacher directly)")
+            added = await _added_latency(teacher, f"http://127.0.0.1:{rport}/v1", teacher_body, headers,
+                                         [1, 16, 64], args.requests, args.rounds)
 
         progress("student path")
         reg = registry_with(work / "registry", memorised_student(), 2)
@@ -210,12 +216,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                      f"http://127.0.0.1:{sport}/readyz"))
         student_url = f"http://127.0.0.1:{sport}/v1"
         await _measure(student_url, student_body, {}, 4, 40)
-        student = {}
-        for c in (1, 16):
+        student: dict[str, Any] = {}
+        for c in (1, 16, 1, 16):  # alternating, side by side: the better of two rounds each
             m = await _measure(student_url, student_body, {}, c, args.requests)
-            student[str(c)] = {"p50_ms": _round(m["p50_ms"]), "p99_ms": _round(m["p99_ms"]), "errors": m["errors"],
-                               "req_per_s": _round(m["req_per_s"]), "served_by": m["served_by"]}
-            progress(f"student concurrency {c}: {student[str(c)]}")
+            row = {"p50_ms": _round(m["p50_ms"]), "p99_ms": _round(m["p99_ms"]), "errors": m["errors"],
+                   "req_per_s": _round(m["req_per_s"]), "served_by": m["served_by"]}
+            if str(c) not in student or row["req_per_s"] > student[str(c)]["req_per_s"]:
+                student[str(c)] = row
+            progress(f"student concurrency {c}: {row}")
+        # batched generation (router.runtime.StudentBatcher): targets >= 3x the requests/s at 16 as at 1, with
+        # p99 at 16 under 3x the p99 at 1
+        student["rps_ratio_16_over_1"] = _round(student["16"]["req_per_s"] / student["1"]["req_per_s"])
+        student["p99_ratio_16_over_1"] = _round(student["16"]["p99_ms"] / student["1"]["p99_ms"])
+        student["meets_target"] = student["rps_ratio_16_over_1"] >= 3 and student["p99_ratio_16_over_1"] < 3
         async with httpx.AsyncClient() as http:  # the replica's group must have joined before events count
             for _ in range(100):
                 if (await http.get(f"http://127.0.0.1:{sport}/readyz")).json().get("following_versions"):
@@ -224,7 +237,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         progress("swap under load")
         swap = await _swap_under_load(student_url, bootstrap, topics, reg, student_body)
         progress(f"swap: {swap}")
-    added16 = added["16"]["added_p99_ms"]
+    added16 = added["16"]["added_p99_ms"] if added else None
     return {
         "teacher_latency_ms": args.teacher_latency_ms,
         "teacher_jitter_ms": args.teacher_jitter_ms,
@@ -232,7 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "student_path": student,
         "swap_under_load": swap,
         "target_added_p99_ms_at_16": 5.0,
-        "meets_target": added16 <= 5.0,
+        "meets_target": added16 is not None and added16 <= 5.0,
         "note": "teacher, routers, broker and client share this machine's cores",
     }
 
@@ -247,6 +260,7 @@ def main() -> None:
                     help="± uniform jitter of the sim teacher; 0 sends the clients' requests in lockstep waves")
     ap.add_argument("--requests", type=int, default=600, help="requests per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="alternating direct/routed rounds per concurrency")
+    ap.add_argument("--student-only", action="store_true", help="only the student path and the swap under load")
     args = ap.parse_args()
     emit_result("router", asyncio.run(run(args)))
 

@@ -47,6 +47,8 @@ class RouterMetrics:
         self.threshold = Gauge("stillflow_router_confidence_threshold", "the live version's threshold", registry=r)
         self.student_pending = Gauge("stillflow_router_student_pending", "student turns running or waiting",
                                      registry=r)
+        self.student_batch_size = Histogram("stillflow_router_student_batch_size", "requests generated together",
+                                            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.emit_errors = Counter("stillflow_router_emit_errors_total", "trace / decision events not published",
                                    registry=r)
         self.events_emitted = Counter("stillflow_router_events_emitted_total", "events published by topic role",

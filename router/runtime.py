@@ -7,10 +7,12 @@ Exports
 - `load_version(registry, version, ...)` → `StudentModel` (raises `LoadRefused` with a bounded `kind`); a
   LoRA version (`stillflow_base_ref.json`) runs on its base, loaded once per process (`SharedBase`) after
   its sha256 is checked, with one adapter per version swapped in per generation;
-- `StudentModel.generate(messages, tools, max_new_tokens)` → `StudentTurn` (blocking: call it through a runner);
-- `StudentRunner` — a thread pool of `max_concurrency` workers and a queue bound: beyond
-  `max_concurrency + max_queue` waiting requests `run` raises `StudentBusy` at once (the router then
-  asks the teacher) instead of queueing without bound;
+- `StudentModel.generate_batch(requests)` / `.generate(messages, tools, max_new_tokens)` → `StudentTurn`s
+  (blocking: the router calls them through the batcher), one shared generation function for both
+  (`stillflow.generation`: the trainer's evaluator generates with it too);
+- `StudentBatcher` — requests that wait for the student go together: a batch forms while one runs, bounded by
+  `batch_size` and a wait; beyond `workers * batch_size + max_queue` requests `generate` raises `StudentBusy`
+  at once (the router then asks the teacher) instead of queueing without bound;
 - `LoadRefused`, `StudentBusy`.
 
 Confidence is `stillflow.chatformat.turn_confidence`: exp(mean log p(token)) over the greedy turn's
@@ -20,6 +22,7 @@ generated tokens, end-of-turn token included.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -34,7 +37,7 @@ from stillflow.chatformat import CHATML, TurnFormat, load_turn_format, turn_conf
 from stillflow.registry import IntegrityError, ModelRegistry, RegistryError
 from stillflow.slots import SlotCodec, load_format
 
-__all__ = ["LoadRefused", "StudentBusy", "StudentTurn", "StudentModel", "StudentRunner", "load_version"]
+__all__ = ["LoadRefused", "StudentBusy", "StudentTurn", "StudentModel", "StudentBatcher", "load_version"]
 
 T = TypeVar("T")
 
@@ -63,6 +66,7 @@ class StudentTurn:
     logprobs: tuple[float, ...]
     finished: bool  # stopped at the end-of-turn token, not at the token cap
     seconds: float
+    batch_size: int = 1  # generated together with this many requests (itself included)
 
     @property
     def confidence(self) -> float:
@@ -99,8 +103,14 @@ class StudentModel:
 
     def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                  max_new_tokens: int) -> StudentTurn:
+        return self.generate_batch([(messages, tools, max_new_tokens)])[0]
+
+    def generate_batch(self, requests: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, int]]
+                       ) -> list[StudentTurn]:
+        """One turn per (messages, tools, max_new_tokens), generated together (`stillflow.generation`: greedy,
+        left-padded, one KV cache). Blocking: call it through a `StudentBatcher`."""
         with self._adapter():
-            return self._generate(messages, tools, max_new_tokens)
+            return self._generate_batch(requests)
 
     @contextlib.contextmanager
     def _adapter(self) -> Iterator[None]:
@@ -113,32 +123,30 @@ class StudentModel:
             self.shared.model.set_adapter(self.adapter)
             yield
 
-    def _generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                  max_new_tokens: int) -> StudentTurn:
-        import torch
+    def _generate_batch(self, requests: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, int]]
+                        ) -> list[StudentTurn]:
+        from stillflow.generation import generate_greedy
 
         started = time.perf_counter()
-        table: dict[str, str] = {}
-        if self.codec is not None:
-            messages, table = self.codec.encode(messages)
-        enc = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
-                                                 tokenize=True, return_dict=True, return_tensors="pt")
-        prompt = enc["input_ids"].to(self.device)
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.stop_ids,
-                                      pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True)
-            logprobs = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)[0]
-        new_ids = out.sequences[0, prompt.shape[1]:].tolist()
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=False)
-        return StudentTurn(
-            text=self.codec.decode(text, table) if self.codec is not None else text,
-            prompt_tokens=int(prompt.shape[1]),
-            completion_tokens=len(new_ids),
-            logprobs=tuple(float(x) for x in logprobs.tolist()[: len(new_ids)]),
-            finished=bool(new_ids) and new_ids[-1] in self.stop_ids,
-            seconds=time.perf_counter() - started,
-        )
+        prompts, tables = [], []
+        for messages, tools, _cap in requests:
+            table: dict[str, str] = {}
+            if self.codec is not None:
+                messages, table = self.codec.encode(messages)
+            enc = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                     tokenize=True, return_dict=True)
+            prompts.append(list(enc["input_ids"]))
+            tables.append(table)
+        out = generate_greedy(self.model, prompts, pad_id=self.pad_id, stop_ids=self.stop_ids,
+                              max_new_tokens=[cap for _m, _t, cap in requests], device=self.device)
+        seconds = time.perf_counter() - started  # each waited for the whole batch
+        turns = []
+        for prompt, table, g in zip(prompts, tables, out, strict=True):
+            text = self.tokenizer.decode(g.ids, skip_special_tokens=False)
+            turns.append(StudentTurn(text=self.codec.decode(text, table) if self.codec is not None else text,
+                                     prompt_tokens=len(prompt), completion_tokens=len(g.ids), logprobs=g.logprobs,
+                                     finished=g.finished, seconds=seconds, batch_size=len(requests)))
+        return turns
 
 
 class SharedBase:
@@ -248,27 +256,118 @@ def load_version(registry: ModelRegistry, version: str, *, device: str = "cpu", 
     return student
 
 
-class StudentRunner:
-    """Runs blocking student work in `max_concurrency` threads; at most `max_queue` more wait."""
+def default_threads(device: str) -> int | None:
+    """The torch threads of a router on `device` when none are set: half the cores on CPU (the rest for the
+    event loop that serves the requests), torch's own choice elsewhere."""
+    import os
 
-    def __init__(self, max_concurrency: int = 1, max_queue: int = 32, threads: int | None = None) -> None:
-        self.max_concurrency = max_concurrency
-        self.limit = max_concurrency + max_queue
-        self.pending = 0
-        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="stillflow-student")
+    return max(1, (os.cpu_count() or 2) // 2) if device == "cpu" else None
+
+
+@dataclass
+class _Request:
+    model: StudentModel
+    args: tuple[list[dict[str, Any]], list[dict[str, Any]] | None, int]
+    future: asyncio.Future[StudentTurn]
+
+
+class StudentBatcher:
+    """The student's requests, generated in batches: while a batch runs, the requests that arrive wait and go
+    together in the next one (step-wise batching: one batch per worker at a time, `batch_size` at most, of
+    one version; a batch waits up to `max_wait_s` for as many requests as the last one held). Beyond
+    `workers * batch_size + max_queue` requests running or waiting, `generate` raises `StudentBusy` at once
+    (the router then asks the teacher) instead of queueing without bound."""
+
+    def __init__(self, *, batch_size: int = 16, max_wait_s: float = 0.005, max_queue: int = 32, workers: int = 1,
+                 threads: int | None = None) -> None:
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self.workers = workers
+        self.limit = workers * batch_size + max_queue
+        self.pending = 0  # running or waiting
+        self.batches = 0
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._running = 0
+        self._last_size = 1
+        self._arrived = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stillflow-student")
+        self.on_batch: Callable[[int, float], None] | None = None  # (size, seconds): metrics
         if threads is not None:
             import torch
 
             torch.set_num_threads(threads)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def generate(self, model: StudentModel, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                       max_new_tokens: int) -> StudentTurn:
         if self.pending >= self.limit:
             raise StudentBusy(f"{self.pending} student requests running or waiting (limit {self.limit})")
+        future: asyncio.Future[StudentTurn] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(model, (messages, tools, max_new_tokens), future))
+        self._arrived.set()
         self.pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            self._start()
+            return await future
         finally:
             self.pending -= 1
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._running < self.workers and self._queue:
+            self._running += 1
+            task = loop.create_task(self._run_batch())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[_Request]:
+        """The oldest request's version, and the next requests for the same one, up to `batch_size`."""
+        batch: list[_Request] = []
+        others: list[_Request] = []
+        first: StudentModel | None = None
+        while self._queue and len(batch) < self.batch_size:
+            r = self._queue.popleft()
+            if r.future.done():  # its client went away
+                continue
+            first = first or r.model
+            (batch if r.model is first else others).append(r)
+        self._queue.extendleft(reversed(others))
+        return batch
+
+    async def _run_batch(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # wait (at most max_wait_s) until as many requests wait as the last batch held: under steady load the
+            # clients of a batch come back together, and a batch started on the first of them would leave the
+            # rest for the next; a lone client (last batch 1) never waits
+            target = min(self.batch_size, self._last_size)
+            deadline = loop.time() + self.max_wait_s
+            while len(self._queue) < target and (left := deadline - loop.time()) > 0:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), left)
+            batch = self._take()
+            if not batch:
+                return
+            t0 = time.perf_counter()
+            try:
+                turns = await loop.run_in_executor(self._pool, batch[0].model.generate_batch, [r.args for r in batch])
+            except Exception as exc:  # each request of the batch fails alike (the router falls back per request)
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+                return
+            self.batches += 1
+            self._last_size = len(batch)
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - t0)
+            for r, turn in zip(batch, turns, strict=True):
+                if not r.future.done():
+                    r.future.set_result(turn)
+        finally:
+            self._running -= 1
+            if self._queue:
+                self._start()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

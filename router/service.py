@@ -16,7 +16,7 @@ from typing import Any
 from router.emit import EventSink, NullSink
 from router.metrics import RouterMetrics
 from router.policy import RoutingPolicy, StickyTraces
-from router.runtime import StudentBusy, StudentModel, StudentRunner, StudentTurn, load_version
+from router.runtime import StudentBatcher, StudentBusy, StudentModel, StudentTurn, default_threads, load_version
 from router.settings import RouterSettings
 from router.switching import ModelSlots, VersionFollower
 from router.teacher import TeacherClient, TeacherRejected, TeacherUnavailable
@@ -77,7 +77,10 @@ class RouterService:
         self.policy = RoutingPolicy(canary_percent=s.canary_percent, shadow=s.shadow,
                                     sticky=StickyTraces(s.sticky_max_traces, s.sticky_ttl_s))
         self.teacher = TeacherClient(s.teacher, transport=teacher_transport, on_error=self._teacher_error)
-        self.runner = StudentRunner(s.max_concurrency, s.max_queue, s.threads)
+        self.runner = StudentBatcher(batch_size=s.batch_size, max_wait_s=s.batch_wait_ms / 1000, max_queue=s.max_queue,
+                                     workers=s.max_concurrency,
+                                     threads=s.threads if s.threads is not None else default_threads(s.device))
+        self.runner.on_batch = lambda size, _seconds: self.metrics.student_batch_size.observe(size)
         self.follower = VersionFollower(settings, self.slots, self.metrics, loader=loader)
         self.book = TraceBook(s.trace_max, s.trace_ttl_s)
         self.sink: NullSink = sink if sink is not None else (EventSink(settings, self.metrics) if s.kafka
@@ -227,8 +230,8 @@ class RouterService:
     async def _run_student(self, model: StudentModel, req: ChatRequest) -> _StudentResult:
         res = _StudentResult()
         try:
-            turn = await self.runner.run(model.generate, text_messages(req.messages), req.tools or None,
-                                         req.max_new_tokens)
+            turn = await self.runner.generate(model, text_messages(req.messages), req.tools or None,
+                                              req.max_new_tokens)
         except StudentBusy as exc:
             return _StudentResult(failure="student_busy", error=str(exc))
         except Exception as exc:

@@ -142,63 +142,24 @@ class StudentRuntime:
 
     def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                  max_new_tokens: int = 160) -> Generation:
-        import torch
-
-        t0 = time.perf_counter()
-        ids, table = self._prompt(messages, tools)
-        input_ids = torch.tensor([ids], device=self.device)
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=self.stop_ids,
-                pad_token_id=self.pad_id,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-            new = out.sequences[0, input_ids.shape[1]:]
-            scores = torch.stack(out.scores, dim=1)[0].float()  # [new tokens, vocab]
-            logp = torch.log_softmax(scores, dim=-1).gather(1, new[: scores.shape[0]].unsqueeze(1)).squeeze(1)
-        new_ids = new.tolist()
-        finished = bool(new_ids) and new_ids[-1] in self.stop_ids
-        return Generation(self._text(new_ids, table), len(ids), len(new_ids), tuple(float(x) for x in logp.tolist()),
-                          finished, time.perf_counter() - t0)
+        return self.generate_batch([(messages, tools)], max_new_tokens)[0]
 
     def generate_batch(self, requests: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]],
                        max_new_tokens: int = 160) -> list[Generation]:
-        """One turn for each (messages, tools), generated together (greedy, left-padded, one KV cache): the
-        evaluation's episodes advance in lockstep. Each gets its own tokens, log-probabilities and stop; its
-        `seconds` is the batch's time shared out (the latency figures stay per turn)."""
-        if len(requests) <= 1:
-            return [self.generate(m, t, max_new_tokens) for m, t in requests]
-        import torch
+        """One turn for each (messages, tools), generated together (`stillflow.generation`: greedy, left-padded,
+        one KV cache): the evaluation's episodes advance in lockstep. Each gets its own tokens, log-probabilities
+        and stop; its `seconds` is the batch's time shared out (the latency figures stay per turn)."""
+        from stillflow.generation import generate_greedy
 
+        if not requests:
+            return []
         t0 = time.perf_counter()
         prompts = [self._prompt(messages, tools) for messages, tools in requests]
-        encoded = [ids for ids, _ in prompts]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded], device=self.device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=False, eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
-                                      output_scores=True, return_dict_in_generate=True)
-            new = out.sequences[:, width:]
-            # per step, not one [batch, steps, vocab] tensor: a pretrained student's vocabulary is 262k wide
-            logp = torch.stack([torch.log_softmax(sc.float(), dim=-1).gather(1, new[:, t:t + 1]).squeeze(1)
-                                for t, sc in enumerate(out.scores)], dim=1)
+        out = generate_greedy(self.model, [ids for ids, _ in prompts], pad_id=self.pad_id, stop_ids=self.stop_ids,
+                              max_new_tokens=max_new_tokens, device=self.device)
         share = (time.perf_counter() - t0) / len(requests)
-        stops = set(self.stop_ids)
-        gens: list[Generation] = []
-        for i, ids in enumerate(new.tolist()):
-            end = next((k + 1 for k, tok in enumerate(ids) if tok in stops), None)
-            ids = ids if end is None else ids[:end]  # after its stop a row is padding
-            lps = tuple(float(x) for x in logp[i, :len(ids)].tolist())
-            gens.append(Generation(self._text(ids, prompts[i][1]), len(encoded[i]), len(ids), lps, end is not None,
-                                   share))
-        return gens
+        return [Generation(self._text(g.ids, table), len(ids), len(g.ids), g.logprobs, g.finished, share)
+                for (ids, table), g in zip(prompts, out, strict=True)]
 
 
 # --------------------------------------------------------------------------- the agent loop
