@@ -73,5 +73,30 @@ def quiet_training() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process (Linux /proc), to tell work from waiting on a shared machine."""
+    from pathlib import Path
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's live children (the streams worker's scoring process), summed."""
+    from pathlib import Path
+
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(cpu_seconds(int(k)) for k in kids)
+    return total
+
+
 def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)

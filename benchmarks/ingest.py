@@ -28,7 +28,14 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from benchmarks.common import bench_broker, broker_pid, emit_result, progress, trace_records
+from benchmarks.common import (
+    bench_broker,
+    broker_pid,
+    cpu_seconds,
+    emit_result,
+    progress,
+    trace_records,
+)
 from sim.policies import make_policy
 from sim.runner import iter_offline
 from stillflow.broker import die_with_parent, free_port
@@ -116,27 +123,6 @@ def _env(s: StillflowSettings) -> dict[str, str]:
     return env
 
 
-def _cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process (Linux /proc), to tell work from waiting on a shared machine."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_seconds(pid: int) -> float:
-    """CPU time of a process's live children (the streams worker's scoring process), summed."""
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids = (task / "children").read_text().split()
-        except OSError:
-            continue
-        total += sum(_cpu_seconds(int(k)) for k in kids)
-    return total
-
-
 # both faust apps cap their fetch waits alike (the streams worker's setting): see streams.consumer_tuning
 FETCH_MAX_WAIT_MS = StreamsSettings().streams.fetch_max_wait_ms
 OBSERVER_FETCH_WAIT_MS = 10  # the bench's own consumers (raw and output observer)
@@ -200,25 +186,25 @@ async def _faust(bootstrap: str, rounds: list[list], kind: str, n_traces: int, l
         await _wait_ready(port, proc)
         bpid = broker_pid()
         for i, records in enumerate(rounds):
-            t0, c0, k0 = time.perf_counter(), _cpu_seconds(proc.pid), _children_cpu_seconds(proc.pid)
-            s0 = _cpu_seconds(os.getpid())
-            b0 = _cpu_seconds(bpid) if bpid else float("nan")
+            t0, c0, k0 = time.perf_counter(), cpu_seconds(proc.pid), children_cpu_seconds(proc.pid)
+            s0 = cpu_seconds(os.getpid())
+            b0 = cpu_seconds(bpid) if bpid else float("nan")
             seen0 = out.seen
             await _produce(s, records)
             t_produced = time.perf_counter()
             await out.wait_for(out_ends[i], timeout=600)
             t1 = time.perf_counter()
             rates.append(len(records) / (t1 - t0))
-            cpu_us.append(1e6 * (_cpu_seconds(proc.pid) - c0) / len(records))
+            cpu_us.append(1e6 * (cpu_seconds(proc.pid) - c0) / len(records))
             shape.append(_round_shape(out.timeline, t0, t_produced, t1, seen0, out_ends[i], events_per_out))
             # the broker shares the cores: what the worker's writes cost it (input production included)
             # the worker's own CPU is cpu_us; its scoring process (the pipeline's batch work) is beside it
             shape[-1]["children_cpu_us_per_event"] = round(
-                1e6 * (_children_cpu_seconds(proc.pid) - k0) / len(records), 1)
+                1e6 * (children_cpu_seconds(proc.pid) - k0) / len(records), 1)
             # this process: producing the round's input and watching the output
-            shape[-1]["bench_cpu_us_per_event"] = round(1e6 * (_cpu_seconds(os.getpid()) - s0) / len(records), 1)
+            shape[-1]["bench_cpu_us_per_event"] = round(1e6 * (cpu_seconds(os.getpid()) - s0) / len(records), 1)
             shape[-1]["broker_cpu_us_per_event"] = round(
-                1e6 * ((_cpu_seconds(bpid) if bpid else float("nan")) - b0) / len(records), 1)
+                1e6 * ((cpu_seconds(bpid) if bpid else float("nan")) - b0) / len(records), 1)
         if kind == "pipeline":  # keep the worker's own timings beside the logs
             import httpx
 

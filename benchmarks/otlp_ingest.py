@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from benchmarks.common import bench_broker, emit_result, progress
+from benchmarks.common import bench_broker, children_cpu_seconds, cpu_seconds, emit_result, progress
 from stillflow.broker import die_with_parent, free_port
 from stillflow.contracts import AgentTrace
 from stillflow.kafka import ensure_topics, with_bootstrap
@@ -42,23 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BATCH_SPANS = 512  # the BatchSpanProcessor's max_export_batch_size
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _tree_cpu(pid: int) -> float:
     """A process's CPU plus its live children's (the worker's scoring process)."""
-    total = _cpu_seconds(pid)
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            total += sum(_cpu_seconds(int(k)) for k in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return total
+    return cpu_seconds(pid) + children_cpu_seconds(pid)
 
 
 def _record(tmp: Path, episodes: int) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -189,7 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         if kind == "otel":
                             for c in range(args.copies):
                                 prepared.append(_requests(datas, f"{salt}-{c}"))
-                        t0, c0, r0 = time.perf_counter(), _tree_cpu(worker.pid), _cpu_seconds(receiver.pid)
+                        t0, c0, r0 = time.perf_counter(), _tree_cpu(worker.pid), cpu_seconds(receiver.pid)
                         t_sent = t0
                         end = counter.seen + n_traces
                         if kind == "sdk":
@@ -221,7 +207,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         rates[kind].append(n_traces / dt)
                         cpu[kind].append(1e6 * (_tree_cpu(worker.pid) - c0) / n_traces)
                         if kind == "otel":
-                            cpu["receiver"].append(1e6 * (_cpu_seconds(receiver.pid) - r0) / n_traces)
+                            cpu["receiver"].append(1e6 * (cpu_seconds(receiver.pid) - r0) / n_traces)
                         progress(f"round {rnd} {kind}: {n_traces / dt:.0f} traces/s (sent in {t_sent - t0:.2f} s)")
         finally:
             await counter.consumer.stop()

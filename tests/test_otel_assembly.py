@@ -7,12 +7,9 @@ nothing here sleeps. Broker-free.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import random
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,37 +36,20 @@ from streams.otel.join import (
     task_due,
 )
 from streams.otel.otlp import (
-    JSON,
     OtelLog,
     OtelSpan,
-    decode_logs,
-    decode_traces,
-    read_logs,
-    read_spans,
-    split_logs,
-    split_traces,
 )
 from streams.otel.trajectory import build_trajectory
+from tests.otel_fixtures import NAMES as ALL
+from tests.otel_fixtures import load
 
-FIXTURES = Path(__file__).parent / "fixtures" / "otel"
 T0 = datetime(2026, 12, 4, 21, 0, tzinfo=UTC)
-NAMES = sorted(p.stem for p in FIXTURES.glob("*.json") if p.stem != "genai-nocontent")  # these build
+NAMES = [n for n in ALL if n != "genai-nocontent"]  # these build
 
 
-@functools.cache
 def _load(name: str) -> tuple[dict[str, list[OtelSpan]], dict[str, list[OtelLog]]]:
-    data = json.loads((FIXTURES / f"{name}.json").read_text())
-    spans: dict[str, list[OtelSpan]] = defaultdict(list)
-    logs: dict[str, list[OtelLog]] = defaultdict(list)
-    for req in data["requests"]:
-        body = json.dumps(req["body"]).encode()
-        if req["path"] == "/v1/logs":
-            for tid, part in split_logs(decode_logs(body, JSON)).per_trace.items():
-                logs[tid] += read_logs(part.SerializeToString())
-        else:
-            for tid, part in split_traces(decode_traces(body, JSON)).per_trace.items():
-                spans[tid] += read_spans(part.SerializeToString())
-    return dict(spans), dict(logs)
+    spans, logs, _episodes = load(name)
+    return spans, logs
 
 
 def traces(names: list[str] = NAMES) -> list[tuple[str, str]]:

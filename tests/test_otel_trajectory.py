@@ -7,32 +7,23 @@ must be that trace (steps, answer, prompt, task, workload, tokens, tools). Broke
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import re
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stillflow.contracts import StepType
 from streams.otel.otlp import (
-    JSON,
     OtelEvent,
     OtelLog,
     OtelSpan,
-    decode_logs,
-    decode_traces,
-    read_logs,
-    read_spans,
-    split_logs,
-    split_traces,
 )
 from streams.otel.trajectory import TASK_ATTR, Built, TrajectoryError, build_trajectory, evaluation_outcome, split_final
+from tests.otel_fixtures import FIXTURES, copied, load
 
-FIXTURES = Path(__file__).parent / "fixtures" / "otel"
 # every fixture whose episodes hold the SDK-recorded trace (agents.json holds a summary instead)
 WITH_SDK_TRACE = sorted(p.stem for p in FIXTURES.glob("*.json")
                         if "trace" in json.loads(p.read_text())["episodes"][0] and p.stem != "genai-nocontent")
@@ -41,34 +32,13 @@ NO_TOOL_DEFINITIONS = {"openai-v2-events"}
 CONTENT_ATTRS = ("gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.tool.definitions")
 
 
-@functools.cache
-def _load(name: str) -> tuple[dict[str, list[OtelSpan]], dict[str, list[OtelLog]], list[dict[str, Any]]]:
-    """A fixture through the receiver's path: JSON body → decode → one record per trace → read back."""
-    data = json.loads((FIXTURES / f"{name}.json").read_text())
-    spans: dict[str, list[OtelSpan]] = defaultdict(list)
-    logs: dict[str, list[OtelLog]] = defaultdict(list)
-    for req in data["requests"]:
-        body = json.dumps(req["body"]).encode()
-        if req["path"] == "/v1/logs":
-            split = split_logs(decode_logs(body, JSON))
-            for tid, part in split.per_trace.items():
-                logs[tid] += read_logs(part.SerializeToString())
-        else:
-            assert req["path"] == "/v1/traces"
-            split = split_traces(decode_traces(body, JSON))
-            for tid, part in split.per_trace.items():
-                spans[tid] += read_spans(part.SerializeToString())
-    return dict(spans), dict(logs), data["episodes"]
-
-
 def fixture(name: str) -> tuple[dict[str, list[OtelSpan]], dict[str, list[OtelLog]], list[dict[str, Any]]]:
-    spans, logs, episodes = _load(name)
-    return ({k: [s.model_copy(deep=True) for s in v] for k, v in spans.items()},
-            {k: [r.model_copy(deep=True) for r in v] for k, v in logs.items()}, json.loads(json.dumps(episodes)))
+    """A fixture through the receiver's path, copied (the tests change what they get)."""
+    return copied(name)
 
 
 def episodes(names: list[str]) -> list[tuple[str, int]]:
-    return [(n, i) for n in names for i in range(len(_load(n)[2]))]
+    return [(n, i) for n in names for i in range(len(load(n)[2]))]
 
 
 def episode(name: str, i: int) -> tuple[list[OtelSpan], list[OtelLog], dict[str, Any]]:
