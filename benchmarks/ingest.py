@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer
 from benchmarks.common import (
     bench_broker,
     broker_pid,
+    children_cpu_seconds,
     cpu_seconds,
     emit_result,
     progress,
