@@ -135,7 +135,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
     known = {s.name: s for s in catalogue(settings.topics)}
     for name, parts in existing.items():
         spec = known.get(name)
-        role = f"{spec.value.__name__} (key {spec.key})" if spec else "-"
+        kind = spec.value.__name__ if spec and spec.value else f"OTLP {spec.encoding}" if spec else ""
+        role = f"{kind} (key {spec.key})" if spec else "-"
         print(f"{name:32s} partitions={parts:<3d} {role}")
     missing = sorted(set(known) - set(existing))
     if missing:

@@ -45,7 +45,12 @@ def test_broker_topics_tail_and_clean_shutdown(cli_env) -> None:
         again = _run("topics", "create", env=cli_env)
         assert again.returncode == 0 and "created" not in again.stdout and again.stdout.count("exists") == len(catalogue())
         listed = _run("topics", "list", env=cli_env)
+        assert listed.returncode == 0, listed.stderr
         assert "stillflow.dlq" in listed.stdout and "DeadLetter" in listed.stdout
+        assert "stillflow.otlp.spans" in listed.stdout and "OTLP otlp_proto" in listed.stdout
+        # the OTLP topics hold protobuf, not JSON events: tail says so instead of printing garbage
+        otlp = _run("tail", "stillflow.otlp.spans", "--max", "1", "--timeout", "1", env=cli_env)
+        assert otlp.returncode == 2 and "OTLP protobuf" in otlp.stderr
 
         async def emit() -> None:
             settings = with_bootstrap(StillflowSettings(), bootstrap)
