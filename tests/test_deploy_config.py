@@ -54,13 +54,14 @@ def _exported() -> tuple[dict[str, str], dict[str, set[str]]]:
     """(sample name -> metric type, sample name -> label names) of every metric the services export."""
     from router.metrics import RouterMetrics
     from streams.metrics import StreamsMetrics
+    from streams.otel.receiver import ReceiverMetrics
     from trainer.metrics import TrainerMetrics
 
     suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count", "_created"),
                 "summary": ("", "_sum", "_count", "_created"), "info": ("_info",)}
     types_: dict[str, str] = {}
     labels: dict[str, set[str]] = {}
-    for metrics in (StreamsMetrics(), TrainerMetrics(), RouterMetrics()):
+    for metrics in (StreamsMetrics(), TrainerMetrics(), RouterMetrics(), ReceiverMetrics()):
         family_labels = {
             collector._name: set(getattr(collector, "_labelnames", ()))  # the collectors' declared label names
             for collector in vars(metrics).values() if hasattr(collector, "_name")

@@ -126,6 +126,19 @@ def pipeline() -> Board:
     b.panel("Dead letters by kind", [
         (f"sum by (kind) (rate(stillflow_streams_dead_letters_total[{RI}]))", "{{kind}}"),
     ], unit="ops")
+    b.row("OpenTelemetry in")
+    b.panel("OTLP receiver requests by signal and status", [
+        (f"sum by (signal, code) (rate(stillflow_otlp_requests_total[{RI}]))", "{{signal}} {{code}}"),
+    ], unit="reqps", description="200 kept (partial_success counts what was refused), 4xx refused, 429/503 "
+                                 "Kafka did not take the data: the exporter retries.")
+    b.panel("OTel traces by result", [
+        (f"sum by (result) (rate(stillflow_streams_otel_traces_total[{RI}]))", "{{result}}"),
+        (f"sum by (result) (rate(stillflow_streams_otel_outcomes_total[{RI}]))", "outcome {{result}}"),
+    ], unit="ops", description="built, or dead-lettered (no_content, incomplete, late, ...); how each got its "
+                               "outcome (reported, evaluation, unknown).")
+    b.panel("Traces without message content, by instrumentation", [
+        (f"sum by (scope) (rate(stillflow_streams_otel_no_content_total[{RI}]))", "{{scope}}"),
+    ], unit="ops", description="Turn content capture on for these (the dead letter names the variable).")
     b.row("Latency")
     b.panel("Processing seconds by stage (p50 / p99)",
             quantiles("stillflow_streams_processing_seconds", "stage"), unit="s")
