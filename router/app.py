@@ -185,5 +185,9 @@ def serve(settings: RouterSettings, *, log_level: str = "info") -> None:
     """Serve on `router.host:router.port` until interrupted (SIGINT / SIGTERM stop it cleanly)."""
     import uvicorn
 
+    if not settings.router.teacher_only:
+        from router.runtime import set_threads
+
+        set_threads(settings.router.threads, settings.router.device)  # this process is the router's own
     uvicorn.run(create_app(settings, freeze_heap=True), host=settings.router.host, port=settings.router.port,
                 log_level=log_level, access_log=False)

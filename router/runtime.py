@@ -264,6 +264,17 @@ def default_threads(device: str) -> int | None:
     return max(1, (os.cpu_count() or 2) // 2) if device == "cpu" else None
 
 
+def set_threads(threads: int | None, device: str) -> int | None:
+    """Set torch's threads for this process (the router's own process only: it is process-wide, so a router
+    built inside another program, e.g. a test session, leaves them alone). Returns what was set."""
+    n = threads if threads is not None else default_threads(device)
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+    return n
+
+
 @dataclass
 class _Request:
     model: StudentModel
@@ -278,8 +289,8 @@ class StudentBatcher:
     `workers * batch_size + max_queue` requests running or waiting, `generate` raises `StudentBusy` at once
     (the router then asks the teacher) instead of queueing without bound."""
 
-    def __init__(self, *, batch_size: int = 16, max_wait_s: float = 0.005, max_queue: int = 32, workers: int = 1,
-                 threads: int | None = None) -> None:
+    def __init__(self, *, batch_size: int = 16, max_wait_s: float = 0.005, max_queue: int = 32,
+                 workers: int = 1) -> None:
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.workers = workers
@@ -293,10 +304,6 @@ class StudentBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stillflow-student")
         self.on_batch: Callable[[int, float], None] | None = None  # (size, seconds): metrics
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
 
     async def generate(self, model: StudentModel, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                        max_new_tokens: int) -> StudentTurn:

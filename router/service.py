@@ -16,7 +16,7 @@ from typing import Any
 from router.emit import EventSink, NullSink
 from router.metrics import RouterMetrics
 from router.policy import RoutingPolicy, StickyTraces
-from router.runtime import StudentBatcher, StudentBusy, StudentModel, StudentTurn, default_threads, load_version
+from router.runtime import StudentBatcher, StudentBusy, StudentModel, StudentTurn, load_version
 from router.settings import RouterSettings
 from router.switching import ModelSlots, VersionFollower
 from router.teacher import TeacherClient, TeacherRejected, TeacherUnavailable
@@ -78,8 +78,7 @@ class RouterService:
                                     sticky=StickyTraces(s.sticky_max_traces, s.sticky_ttl_s))
         self.teacher = TeacherClient(s.teacher, transport=teacher_transport, on_error=self._teacher_error)
         self.runner = StudentBatcher(batch_size=s.batch_size, max_wait_s=s.batch_wait_ms / 1000, max_queue=s.max_queue,
-                                     workers=s.max_concurrency,
-                                     threads=s.threads if s.threads is not None else default_threads(s.device))
+                                     workers=s.max_concurrency)
         self.runner.on_batch = lambda size, _seconds: self.metrics.student_batch_size.observe(size)
         self.follower = VersionFollower(settings, self.slots, self.metrics, loader=loader)
         self.book = TraceBook(s.trace_max, s.trace_ttl_s)

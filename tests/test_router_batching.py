@@ -126,3 +126,21 @@ def test_alone_is_a_batch_of_one(students, tmp_path: Path) -> None:
     model, _ = students
     m, t, cap = _requests(1)[0]
     assert model.generate(m, t, cap).batch_size == 1
+
+
+def test_torch_threads_are_set_only_for_the_routers_own_process() -> None:
+    """A router built inside another program (this test session) leaves torch's process-wide threads alone:
+    setting them in the service once slowed every later test of the session to one thread."""
+    import os
+
+    import torch
+
+    from router.runtime import default_threads
+    from router.service import RouterService
+    from router.settings import RouterSettings, with_router
+
+    before = torch.get_num_threads()
+    RouterService(with_router(RouterSettings(), kafka=False, threads=1, teacher_only=True))
+    StudentBatcher()
+    assert torch.get_num_threads() == before
+    assert default_threads("cpu") == max(1, (os.cpu_count() or 2) // 2) and default_threads("cuda") is None
