@@ -13,7 +13,6 @@ constant time); bodies over `router.max_request_bytes` get 413.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +25,7 @@ from router.metrics import CONTENT_TYPE
 from router.service import RouterService, Served
 from router.settings import RouterSettings
 from router.wire import RequestError, openai_error, sse_chunks
+from stillflow.auth import bearer_key_ok
 
 __all__ = ["create_app", "running_router", "serve"]
 
@@ -35,15 +35,7 @@ class _Auth:
         self._keys = [k.get_secret_value().encode() for k in keys]
 
     def check(self, request: Request) -> None:
-        if not self._keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for key in self._keys:  # every key compared, in constant time each: no early exit to time
-            ok |= hmac.compare_digest(given, key)
-        if not ok:
+        if not bearer_key_ok(request.headers.get("authorization"), self._keys):
             raise RequestError(401, "missing or invalid API key (Authorization: Bearer <key>)", "invalid_api_key",
                                "authentication_error")
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import re
@@ -40,6 +39,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from stillflow.auth import bearer_key_ok
 from stillflow.contracts import TraceOutcomeEvent, encode, is_valid_id, utcnow
 from stillflow.kafka import make_producer
 from streams.otel.join import JOIN_META
@@ -75,25 +75,20 @@ class _Refused(Exception):
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def _status_body(code: int, message: str, media: str) -> tuple[bytes, str]:
     """A `google.rpc.Status` (code, message) in the request's encoding (hand-encoded: two fields)."""
     if media == PROTOBUF:
         msg = message.encode()
-        out = bytearray([0x08])
-        v = code
-        while True:
-            b, v = v & 0x7F, v >> 7
-            out.append(b | (0x80 if v else 0))
-            if not v:
-                break
-        out.append(0x12)
-        n = len(msg)
-        while True:
-            b, n = n & 0x7F, n >> 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                break
-        return bytes(out) + msg, PROTOBUF
+        return b"\x08" + _varint(code) + b"\x12" + _varint(len(msg)) + msg, PROTOBUF
     return json.dumps({"code": code, "message": message}).encode(), JSON
 
 
@@ -156,14 +151,7 @@ def create_app(settings: OtlpSettings | None = None, *, producer: Any = None,
     app = FastAPI(title="stillflow OTLP receiver", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     def check_key(request: Request) -> None:
-        if not keys:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for k in keys:  # each compared in constant time, no early exit
-            ok |= hmac.compare_digest(given, k)
-        if not ok:
+        if not bearer_key_ok(request.headers.get("authorization"), keys):
             raise _Refused(401, _UNAUTHENTICATED, "missing or invalid API key (Authorization: Bearer <key>; "
                            "exporters: OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<key>)")
 
@@ -341,29 +329,11 @@ def outcome_event(body: Any) -> TraceOutcomeEvent:
 async def running_receiver(settings: OtlpSettings, *, producer: Any = None,
                            metrics: ReceiverMetrics | None = None) -> AsyncIterator[str]:
     """Serve on `settings.otlp.host` and a free port (or the set one) in this loop; yields the base URL."""
-    import socket
-
-    import uvicorn
+    from stillflow.serving import serving
 
     app = create_app(settings, producer=producer, metrics=metrics)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.otlp.host, settings.otlp.port))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the OTLP receiver stopped while starting")
-            await asyncio.sleep(0.02)
-        yield f"http://{settings.otlp.host}:{port}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 15)
-        sock.close()
+    async with serving(app, host=settings.otlp.host, port=settings.otlp.port, lifespan="on") as (host, port):
+        yield f"http://{host}:{port}"
 
 
 def serve(settings: OtlpSettings, *, log_level: str = "info") -> None:
