@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from stillflow.bases import BaseError, read_ref, resolve_base
 from stillflow.chatformat import CHATML, TurnFormat, load_turn_format, turn_confidence
@@ -38,8 +38,6 @@ from stillflow.registry import IntegrityError, ModelRegistry, RegistryError
 from stillflow.slots import SlotCodec, load_format
 
 __all__ = ["LoadRefused", "StudentBusy", "StudentTurn", "StudentModel", "StudentBatcher", "load_version"]
-
-T = TypeVar("T")
 
 # Files that could carry pickled code: a version holding one is refused even if the manifest lists it.
 _UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -125,28 +123,17 @@ class StudentModel:
 
     def _generate_batch(self, requests: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None, int]]
                         ) -> list[StudentTurn]:
-        from stillflow.generation import generate_greedy
+        from stillflow.generation import decode_turn, encode_prompt, generate_greedy
 
         started = time.perf_counter()
-        prompts, tables = [], []
-        for messages, tools, _cap in requests:
-            table: dict[str, str] = {}
-            if self.codec is not None:
-                messages, table = self.codec.encode(messages)
-            enc = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
-                                                     tokenize=True, return_dict=True)
-            prompts.append(list(enc["input_ids"]))
-            tables.append(table)
-        out = generate_greedy(self.model, prompts, pad_id=self.pad_id, stop_ids=self.stop_ids,
+        prompts = [encode_prompt(self.tokenizer, self.codec, messages, tools) for messages, tools, _cap in requests]
+        out = generate_greedy(self.model, [ids for ids, _ in prompts], pad_id=self.pad_id, stop_ids=self.stop_ids,
                               max_new_tokens=[cap for _m, _t, cap in requests], device=self.device)
         seconds = time.perf_counter() - started  # each waited for the whole batch
-        turns = []
-        for prompt, table, g in zip(prompts, tables, out, strict=True):
-            text = self.tokenizer.decode(g.ids, skip_special_tokens=False)
-            turns.append(StudentTurn(text=self.codec.decode(text, table) if self.codec is not None else text,
-                                     prompt_tokens=len(prompt), completion_tokens=len(g.ids), logprobs=g.logprobs,
-                                     finished=g.finished, seconds=seconds, batch_size=len(requests)))
-        return turns
+        return [StudentTurn(text=decode_turn(self.tokenizer, self.codec, g.ids, table), prompt_tokens=len(ids),
+                            completion_tokens=len(g.ids), logprobs=g.logprobs, finished=g.finished, seconds=seconds,
+                            batch_size=len(requests))
+                for (ids, table), g in zip(prompts, out, strict=True)]
 
 
 class SharedBase:

@@ -1,7 +1,10 @@
 """Greedy turns with their token log-probabilities, one prompt or many at once: the one function the router's
 student runtime and the trainer's evaluator both generate with.
 
-Exports `Generated` and `generate_greedy(model, prompts, *, pad_id, stop_ids, max_new_tokens, device)`.
+Exports `Generated`, `generate_greedy(model, prompts, *, pad_id, stop_ids, max_new_tokens, device)`, and the
+two ends of a turn every student runtime needs: `encode_prompt(tokenizer, codec, messages, tools)` (the
+conversation, value-slot encoded when the student has slots, through its chat template with the generation
+prompt) and `decode_turn(tokenizer, codec, ids, table)`.
 
 Many prompts are left-padded into one batch with one KV cache (the attention mask keeps each row to its own
 tokens; a row that stopped is padding from then on). Each prompt still gets exactly its own turn: its tokens
@@ -16,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Generated", "generate_greedy"]
+__all__ = ["Generated", "generate_greedy", "encode_prompt", "decode_turn"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,23 @@ class Generated:
     ids: list[int]  # the new tokens, the stop token included when there is one
     logprobs: tuple[float, ...]  # one per token in `ids`
     finished: bool  # stopped at a stop token, not at the cap
+
+
+def encode_prompt(tokenizer: Any, codec: Any, messages: list[dict[str, Any]],
+                  tools: list[dict[str, Any]] | None) -> tuple[list[int], dict[str, str]]:
+    """The prompt's token ids, and the value-slot table its turn decodes with (empty without a codec)."""
+    table: dict[str, str] = {}
+    if codec is not None:
+        messages, table = codec.encode(messages)
+    out = tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)
+    return list(out["input_ids"]), table
+
+
+def decode_turn(tokenizer: Any, codec: Any, ids: list[int], table: dict[str, str]) -> str:
+    """A turn's text as the student's tokens spell it, value slots filled back in."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    return codec.decode(text, table) if codec is not None else text
 
 
 def generate_greedy(model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, stop_ids: Sequence[int],

@@ -124,21 +124,9 @@ class StudentRuntime:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
 
     def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
-        out = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
-                                                 tokenize=True, return_dict=True)
-        return list(out["input_ids"])
+        from stillflow.generation import encode_prompt
 
-    def _prompt(self, messages: list[dict[str, Any]],
-                tools: list[dict[str, Any]] | None) -> tuple[list[int], dict[str, str]]:
-        """The prompt's token ids, and the value-slot table its turn is decoded with (empty without slots)."""
-        table: dict[str, str] = {}
-        if self.codec is not None:
-            messages, table = self.codec.encode(messages)
-        return self.encode(messages, tools), table
-
-    def _text(self, ids: list[int], table: dict[str, str]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        return self.codec.decode(text, table) if self.codec is not None else text
+        return encode_prompt(self.tokenizer, None, messages, tools)[0]
 
     def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                  max_new_tokens: int = 160) -> Generation:
@@ -149,16 +137,17 @@ class StudentRuntime:
         """One turn for each (messages, tools), generated together (`stillflow.generation`: greedy, left-padded,
         one KV cache): the evaluation's episodes advance in lockstep. Each gets its own tokens, log-probabilities
         and stop; its `seconds` is the batch's time shared out (the latency figures stay per turn)."""
-        from stillflow.generation import generate_greedy
+        from stillflow.generation import decode_turn, encode_prompt, generate_greedy
 
         if not requests:
             return []
         t0 = time.perf_counter()
-        prompts = [self._prompt(messages, tools) for messages, tools in requests]
+        prompts = [encode_prompt(self.tokenizer, self.codec, messages, tools) for messages, tools in requests]
         out = generate_greedy(self.model, [ids for ids, _ in prompts], pad_id=self.pad_id, stop_ids=self.stop_ids,
                               max_new_tokens=max_new_tokens, device=self.device)
         share = (time.perf_counter() - t0) / len(requests)
-        return [Generation(self._text(g.ids, table), len(ids), len(g.ids), g.logprobs, g.finished, share)
+        return [Generation(decode_turn(self.tokenizer, self.codec, g.ids, table), len(ids), len(g.ids), g.logprobs,
+                           g.finished, share)
                 for (ids, table), g in zip(prompts, out, strict=True)]
 
 
