@@ -22,6 +22,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import Field
 
@@ -63,31 +64,40 @@ def _new(trace_id: str, now: datetime) -> SpanState:
     return SpanState(trace_id=trace_id, first_seen=now, updated_at=now)
 
 
-def add_spans(state: SpanState | None, trace_id: str, spans: Iterable[OtelSpan], *, now: datetime | None = None,
-              max_spans: int = 2048) -> SpanResult:
-    """Add the spans of one record (all of trace `trace_id`; others are the caller's to refuse).
-    Raises `ValueError` (`too_many_spans`) when the trace would hold more than `max_spans`."""
+def _gather(state: SpanState | None, trace_id: str, items: Iterable[Any], *, field: str, key: Any, limit: int,
+            what: str, now: datetime | None) -> SpanResult:
+    """Add items to `state.<field>` by `key(item)`, the first copy kept; a second copy that differs in content
+    counts as a conflict. A completed trace (a tombstone) counts them all as duplicates."""
     now = now or utcnow()
     state = state or _new(trace_id, now)
     if state.completed:
-        n = sum(1 for _ in spans)
+        n = sum(1 for _ in items)
         return SpanResult(state.model_copy(update={"n_duplicates": state.n_duplicates + n}), duplicates=n)
-    held = dict(state.spans)
+    held = dict(getattr(state, field))
     added = dups = conflicts = 0
-    for s in spans:
-        kept = held.get(s.span_id)
+    for item in items:
+        k = key(item)
+        kept = held.get(k)
         if kept is not None:
             dups += 1
-            conflicts += int(kept != s)
+            conflicts += int(kept != item)
             continue
-        if len(held) >= max_spans:
-            raise ValueError(f"{TOO_MANY_SPANS}: trace {trace_id} has more than {max_spans} spans")
-        held[s.span_id] = s
+        if len(held) >= limit:
+            raise ValueError(f"{TOO_MANY_SPANS}: trace {trace_id} has more than {limit} {what}")
+        held[k] = item
         added += 1
-    update = {"spans": held, "n_duplicates": state.n_duplicates + dups, "n_conflicts": state.n_conflicts + conflicts}
+    update = {field: held, "n_duplicates": state.n_duplicates + dups, "n_conflicts": state.n_conflicts + conflicts}
     if added:
         update["updated_at"] = max(now, state.updated_at)
     return SpanResult(state.model_copy(update=update), added=added, duplicates=dups)
+
+
+def add_spans(state: SpanState | None, trace_id: str, spans: Iterable[OtelSpan], *, now: datetime | None = None,
+              max_spans: int = 2048) -> SpanResult:
+    """Add the spans of one record (all of trace `trace_id`; others are the caller's to refuse), by span id.
+    Raises `ValueError` (`too_many_spans`) when the trace would hold more than `max_spans`."""
+    return _gather(state, trace_id, spans, field="spans", key=lambda s: s.span_id, limit=max_spans, what="spans",
+                   now=now)
 
 
 def _log_key(rec: OtelLog) -> str:
@@ -98,26 +108,9 @@ def _log_key(rec: OtelLog) -> str:
 
 def add_logs(state: SpanState | None, trace_id: str, logs: Iterable[OtelLog], *, now: datetime | None = None,
              max_logs: int = 4096) -> SpanResult:
-    now = now or utcnow()
-    state = state or _new(trace_id, now)
-    if state.completed:
-        n = sum(1 for _ in logs)
-        return SpanResult(state.model_copy(update={"n_duplicates": state.n_duplicates + n}), duplicates=n)
-    held = dict(state.logs)
-    added = dups = 0
-    for rec in logs:
-        k = _log_key(rec)
-        if k in held:
-            dups += 1
-            continue
-        if len(held) >= max_logs:
-            raise ValueError(f"{TOO_MANY_SPANS}: trace {trace_id} has more than {max_logs} GenAI log records")
-        held[k] = rec
-        added += 1
-    update = {"logs": held, "n_duplicates": state.n_duplicates + dups}
-    if added:
-        update["updated_at"] = max(now, state.updated_at)
-    return SpanResult(state.model_copy(update=update), added=added, duplicates=dups)
+    """Add GenAI log records, deduplicated by a digest of what they say (they carry no id of their own)."""
+    return _gather(state, trace_id, logs, field="logs", key=_log_key, limit=max_logs, what="GenAI log records",
+                   now=now)
 
 
 def add_outcome(state: SpanState | None, trace_id: str, outcome: TraceOutcomeEvent, *,
