@@ -85,7 +85,6 @@ class OtelStage:
         self.trace_outcomes = t.trace_outcomes
         p = sa.partitions
         self.source = app.topic(self.spans_name, self.logs_name, self.outcomes_name, self.tick_name, **_RAW)
-        self.tick_topic = app.topic(self.tick_name, partitions=p, internal=True, **_RAW)
         self.tasks_topic = app.topic(self.tasks_name, partitions=p, internal=True, **_RAW)
 
         def table(name: str, use_partitioner: bool = False) -> Any:
@@ -104,10 +103,8 @@ class OtelStage:
         self.tasks = table("otel_tasks")
         self._ticking: set[str] = set()
         self._task_ticking: set[str] = set()
-        # the partition each key's records came on (a tick for a key must come on that partition, where its
-        # state's changelog is); keys recovered from the changelog fall back to the producers' murmur2
-        self._partition: dict[str, int] = {}
-        self._task_partition: dict[str, int] = {}
+        # a key's tick goes to the partition of Kafka's key hash (murmur2): where stillflow's producers put the
+        # key's records, and where the span table's changelog (use_partitioner) keeps its state
         from aiokafka.partitioner import DefaultPartitioner
 
         self._murmur2 = DefaultPartitioner()
@@ -243,7 +240,6 @@ class OtelStage:
         m.otel_records.labels(role, "ok").inc()
         now = _now()
         for tid, group in by_trace.items():
-            self._partition[tid] = partition  # a Collector record holds one trace; a hand-made one may hold more
             state = self._state(tid)
             if state is None and role == "spans" and is_late(group, now, self.section.max_lateness_s):
                 m.otel_traces.labels(LATE).inc()
@@ -276,7 +272,6 @@ class OtelStage:
             await self._forward(outcome.task_id, "outcome", {"outcome": outcome.model_dump(mode="json")})
             return
         tid = outcome.trace_id
-        self._partition[tid] = where["partition"]
         state = self._state(tid)
         if state is not None and state.forwarded_to:
             await self._forward(state.forwarded_to, "outcome", {"outcome": outcome.model_dump(mode="json")})
@@ -294,7 +289,6 @@ class OtelStage:
         if is_ready(state, now, sec.settle_s):
             await self._build(state)
         elif is_expired(state, now, sec.max_lateness_s if state.completed else sec.trace_timeout_s):
-            self._partition.pop(key, None)
             if not state.completed:
                 self.sa.metrics.otel_traces.labels(INCOMPLETE).inc()
                 reason = (f"{INCOMPLETE}: no root span of trace {key} after {sec.trace_timeout_s:g} s "
@@ -343,7 +337,6 @@ class OtelStage:
                             self._task_ticking.discard(k)
                             await self._task_one(k, None)
                     continue
-                self._task_partition[key] = event.message.partition
                 await self._task_one(key, event.value)
             except Exception:
                 log.exception("OTel join record %s failed", key)
@@ -369,7 +362,6 @@ class OtelStage:
         for ev in out:  # per event: faust flushes the producer before it commits the offset
             await self._publish(ev, sent=[])
         if new is None:
-            self._task_partition.pop(key, None)
             if key in self.tasks:
                 del self.tasks[key]
         else:
@@ -387,7 +379,7 @@ class OtelStage:
             if key not in self._open and key not in self._ticking:  # (else it was written again since)
                 due.append(key)
         self.sa.metrics.otel_open.set(len(self._open))
-        await self._send_ticks(self.tick_name, due, self._partition, self._ticking)
+        await self._send_ticks(self.tick_name, due, self._ticking)
         task_due_keys = []
         for key, value in list(self.tasks.items()):
             st = as_model(TaskState, value)
@@ -396,18 +388,14 @@ class OtelStage:
             oldest = min([w.since for w in st.waiting] + [r.at for r in st.outcomes], default=None)
             if oldest is not None and (now - oldest).total_seconds() >= sec.outcome_wait_s:
                 task_due_keys.append(key)
-        await self._send_ticks(self.tasks_name, task_due_keys, self._task_partition, self._task_ticking)
+        await self._send_ticks(self.tasks_name, task_due_keys, self._task_ticking)
 
-    async def _send_ticks(self, topic: str, keys: list[str], partitions: dict[str, int], ticking: set[str]) -> None:
+    async def _send_ticks(self, topic: str, keys: list[str], ticking: set[str]) -> None:
         """One tick record per partition, naming the keys due there (not one record per key)."""
-        n = self.sa.partitions
-        every = list(range(n))
+        every = list(range(self.sa.partitions))
         by_partition: dict[int, list[str]] = {}
         for key in keys:
-            p = partitions.get(key)
-            if p is None or p >= n:
-                p = self._murmur2(key.encode(), every, every)
-            by_partition.setdefault(p, []).append(key)
+            by_partition.setdefault(self._murmur2(key.encode(), every, every), []).append(key)
             ticking.add(key)
         for p, group in by_partition.items():
             await self.sa.app.producer.send(topic, b"tick", _TICK + "\n".join(group).encode(), partition=p,
