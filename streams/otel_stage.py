@@ -300,30 +300,29 @@ class OtelStage:
     async def _build(self, state: SpanState) -> None:
         m = self.sa.metrics
         t0 = time.perf_counter()
-        tombstone = state.model_copy(update={"spans": {}, "logs": {}, "completed": True, "updated_at": _now()})
+        tombstone = state.model_copy(update={"spans": {}, "logs": {}, "outcome": None, "completed": True,
+                                             "updated_at": _now()})
         try:
             built = build_trajectory(list(state.spans.values()), list(state.logs.values()),
                                      final_marker=self.section.final_marker)
         except TrajectoryError as exc:
             m.otel_traces.labels(exc.kind).inc()
-            if exc.kind == "no_content":
-                scopes = {s.scope or "unknown" for s in state.spans.values() if s.attributes}
-                for label in self._scope_label(scopes):
-                    m.otel_no_content.labels(label).inc()
+            for label in self._scope_label(set(exc.scopes)):  # no_content: the scopes that sent none
+                m.otel_no_content.labels(label).inc()
             self._sent.append(await self.sa._dead_letter(
                 span_letter(state, exc.kind, exc.message, source_topic=self.spans_name)))
-            self._put(state.trace_id, tombstone.model_copy(update={"outcome": None}))
+            self._put(state.trace_id, tombstone)
             return
         m.otel_traces.labels("built").inc()
         m.processing_seconds.labels("otel_build").observe(time.perf_counter() - t0)
         if state.outcome is not None or (built.evaluation is not None and built.join_key == state.trace_id) \
                 or self.section.outcome_wait_s == 0:
             await self._publish(joined_event(built.trace, state.outcome, built.evaluation))
-            self._put(state.trace_id, tombstone.model_copy(update={"outcome": None}))
+            self._put(state.trace_id, tombstone)
             return
         await self._forward(built.join_key, "trajectory", {"trace": built.trace.model_dump(mode="json"),
                                                            "evaluation": built.evaluation})
-        self._put(state.trace_id, tombstone.model_copy(update={"outcome": None, "forwarded_to": built.join_key}))
+        self._put(state.trace_id, tombstone.model_copy(update={"forwarded_to": built.join_key}))
 
     # -- 2. join by task -----------------------------------------------------------------------
 

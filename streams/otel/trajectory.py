@@ -46,7 +46,12 @@ _FAIL_LABELS = {"fail", "failed", "false", "incorrect", "failure", "bad", "no", 
 
 
 class TrajectoryError(ContractError):
-    """A whole trace that gives no trajectory (kinds: `no_content`, `no_llm_spans`, `invalid`)."""
+    """A whole trace that gives no trajectory (kinds: `no_content`, `no_llm_spans`, `invalid`). `scopes`: for
+    `no_content`, the instrumentation scopes whose model-call spans came without content."""
+
+    def __init__(self, kind: str, message: str, scopes: tuple[str, ...] = ()) -> None:
+        super().__init__(kind, message)
+        self.scopes = scopes
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,7 @@ def build_trajectory(spans: Sequence[OtelSpan], logs: Sequence[OtelLog] = (), *,
             "no_content",
             f"trace {trace_id}: {sum(not c.has_content for c in reading.llm_calls)} model-call spans carry no "
             f"message content (instrumentation {', '.join(sorted(reading.no_content_scopes))}); turn content "
-            f"capture on with {CONTENT_SWITCHES[conv]}")
+            f"capture on with {CONTENT_SWITCHES[conv]}", scopes=tuple(sorted(reading.no_content_scopes)))
     span_ids = {s.span_id for s in spans}
     root = next((s for s in spans if s.parent_span_id is None or s.parent_span_id not in span_ids), None)
     conv, system = _conversation(reading.llm_calls)
